@@ -1,0 +1,44 @@
+# `make check` and `make test` set up .venv first when it is missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/pip install -c constraints.txt
+STAMP := $(VENV)/.installed
+MODEL ?= cnn
+
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+export PYTHONHASHSEED ?= 0
+
+.PHONY: install check test test-slow lint bench gpu-check clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(PIP) -q torch==2.13.0
+	$(PIP) -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## the main job on a zoo model: port torch -> Keras through ONNX and compare all four runtimes
+check: $(STAMP)
+	$(BIN)/parity check $(MODEL) --from torch
+	$(BIN)/parity check $(MODEL) --from tf
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
+lint: $(STAMP)
+	$(BIN)/ruff check parity converters zoo tests scripts
+
+bench: $(STAMP)
+	$(BIN)/python scripts/bench.py
+
+gpu-check: $(STAMP)
+	bash scripts/gpu_check.sh
+
+clean:
+	rm -rf $(VENV) build *.egg-info

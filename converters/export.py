@@ -1,0 +1,171 @@
+"""Export a torch or Keras model to ONNX with the official exporters; one opset policy."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tempfile
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from converters.errors import ConversionError
+
+# One opset for every exporter: tf2onnx supports up to 18, and the torch exporters
+# produce 18 natively, so graphs from both sides use the same operator semantics.
+OPSET = 18
+
+TorchExporter = Literal["dynamo", "legacy"]
+TORCH_EXPORTERS: tuple[str, ...] = ("dynamo", "legacy")
+
+# Whether an exporter can keep parameters and running statistics recoverable
+# (BatchNorm not folded into the preceding conv). tf2onnx runs TensorFlow's grappler,
+# which folds gamma/sqrt(var+eps) into one constant: nothing separates them again.
+LOSSLESS_SUPPORT: dict[str, bool] = {"dynamo": True, "legacy": True, "tf2onnx": False}
+
+
+def _atomic_target(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".onnx.tmp", dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def export_torch(
+    model: Any,
+    example_inputs: Sequence[np.ndarray],
+    path: str | Path,
+    *,
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+    exporter: TorchExporter = "dynamo",
+    lossless: bool = False,
+    dynamic_batch: bool = True,
+) -> Path:
+    """Export a torch module; ``lossless`` keeps BatchNorm as its own node."""
+    import torch
+
+    if exporter not in TORCH_EXPORTERS:
+        raise ConversionError(f"unknown torch exporter {exporter!r}; choose one of {', '.join(TORCH_EXPORTERS)}")
+    path = Path(path)
+    tmp = _atomic_target(path)
+    args = tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in example_inputs)
+    model = model.eval()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            if exporter == "dynamo":
+                dims = None
+                if dynamic_batch:
+                    batch = torch.export.Dim("batch")
+                    dims = tuple({0: batch} for _ in args)
+                torch.onnx.export(
+                    model, args, str(tmp), dynamo=True, opset_version=OPSET, input_names=list(input_names),
+                    output_names=list(output_names), dynamic_shapes=dims, optimize=not lossless,
+                    verbose=False, external_data=False,
+                )
+            else:
+                axes = {n: {0: "batch"} for n in [*input_names, *output_names]} if dynamic_batch else None
+                torch.onnx.export(
+                    model, args, str(tmp), dynamo=False, opset_version=OPSET, input_names=list(input_names),
+                    output_names=list(output_names), dynamic_axes=axes,
+                    training=torch.onnx.TrainingMode.PRESERVE if lossless else torch.onnx.TrainingMode.EVAL,
+                    do_constant_folding=not lossless,
+                )
+        check_onnx(tmp)
+        os.replace(tmp, path)
+    except ConversionError:
+        raise
+    except Exception as exc:  # exporter internals raise anything; report it as ours to explain
+        raise ConversionError(f"torch {exporter} export of {type(model).__name__} failed: {exc}") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def export_keras(
+    model: Any,
+    example_inputs: Sequence[np.ndarray],
+    path: str | Path,
+    *,
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+    dynamic_batch: bool = True,
+) -> Path:
+    """Export a Keras model with ``tf2onnx.convert.from_function`` (``from_keras`` is broken on Keras 3)."""
+    import tensorflow as tf
+    import tf2onnx
+
+    path = Path(path)
+    signature = [
+        tf.TensorSpec((None if dynamic_batch else a.shape[0], *a.shape[1:]), tf.as_dtype(a.dtype), name=n)
+        for a, n in zip(example_inputs, input_names, strict=True)
+    ]
+
+    def call(*xs: Any) -> Any:
+        return model(list(xs) if len(xs) > 1 else xs[0], training=False)
+
+    tmp = _atomic_target(path)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            proto, _ = tf2onnx.convert.from_function(tf.function(call), input_signature=signature, opset=OPSET)
+        _rename_outputs(proto, output_names)
+        import onnx
+
+        onnx.save(proto, str(tmp))
+        check_onnx(tmp)
+        os.replace(tmp, path)
+    except ConversionError:
+        raise
+    except Exception as exc:
+        raise ConversionError(f"tf2onnx export of Keras model {model.name!r} failed: {exc}") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _rename_outputs(proto: Any, output_names: Sequence[str]) -> None:
+    """Give graph outputs the spec's names (tf2onnx names them after TF tensors)."""
+    import onnx
+
+    graph = proto.graph
+    if len(graph.output) != len(output_names):
+        raise ConversionError(f"the exported graph has {len(graph.output)} outputs, expected {list(output_names)}")
+    for out, name in zip(graph.output, output_names, strict=True):
+        if out.name == name:
+            continue
+        graph.node.append(onnx.helper.make_node("Identity", [out.name], [name], name=f"rename_{name}"))
+        out.name = name
+
+
+def export_model(
+    model: Any, framework: str, example_inputs: Sequence[np.ndarray], path: str | Path, *,
+    input_names: Sequence[str], output_names: Sequence[str], exporter: str = "dynamo", lossless: bool = False,
+) -> Path:
+    """Export either framework's model: ``framework`` is 'torch' or 'tf'."""
+    if framework == "torch":
+        return export_torch(model, example_inputs, path, input_names=input_names, output_names=output_names,
+                            exporter=exporter, lossless=lossless)  # type: ignore[arg-type]
+    if framework == "tf":
+        return export_keras(model, example_inputs, path, input_names=input_names, output_names=output_names)
+    raise ConversionError(f"unknown framework {framework!r}; expected 'torch' or 'tf'")
+
+
+def check_onnx(path: str | Path) -> None:
+    """Run ``onnx.checker`` and open the file in ONNX Runtime; raise ConversionError if either fails."""
+    import onnx
+    import onnxruntime as ort
+
+    try:
+        onnx.checker.check_model(str(path), full_check=False)
+    except Exception as exc:
+        raise ConversionError(f"{path}: onnx.checker rejected the model: {exc}") from exc
+    try:
+        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise ConversionError(f"{path}: ONNX Runtime cannot load the model: {exc}") from exc

@@ -1,0 +1,186 @@
+"""Load and check an ONNX model, fold its constants, and walk it into ParamGroups.
+
+Weights are found by following the graph, never by initializer name: exporters
+rename, transpose, deduplicate (Identity) and slice them. Every constant carries the
+set of initializers it was computed from, so the port can account for each one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from converters.errors import ConversionError
+
+# Ops that never get folded even when their inputs are constant.
+_NOT_FOLDABLE = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
+                 "Bernoulli", "Loop", "If", "Scan", "Dropout"}
+# Layout-neutral element-wise ops we look through when tracing a tensor's origin.
+_PASS_THROUGH = {"Relu", "Identity", "Cast", "Sigmoid", "Tanh", "Clip", "LeakyRelu", "Elu", "Gelu", "Erf"}
+
+
+@dataclass
+class Graph:
+    """A constant-folded view of an ONNX graph."""
+
+    model: Any  # onnx.ModelProto, shape-inferred
+    nodes: list[Any]  # the nodes left after folding, in topological order
+    consts: dict[str, np.ndarray]
+    provenance: dict[str, frozenset[str]]  # constant name -> initializers it came from
+    initializers: list[str]
+    producers: dict[str, Any] = field(default_factory=dict)
+    consumers: dict[str, list[Any]] = field(default_factory=dict)
+    shapes: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    inputs: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+
+    def producer(self, name: str) -> Any | None:
+        return self.producers.get(name)
+
+    def only_consumer(self, name: str) -> Any | None:
+        users = self.consumers.get(name, [])
+        return users[0] if len(users) == 1 else None
+
+    def const(self, name: str) -> np.ndarray | None:
+        return self.consts.get(name) if name else None
+
+    def trace_back(self, name: str) -> tuple[str, Any | None]:
+        """Follow ``name`` up through layout-neutral element-wise ops; return the tensor and its producer."""
+        node = self.producer(name)
+        while node is not None and node.op_type in _PASS_THROUGH and node.input:
+            name = node.input[0]
+            node = self.producer(name)
+        return name, node
+
+
+def load_onnx(path: str | Path) -> Any:
+    """Load and check an ONNX file with errors that name the file and the fix.
+
+    External data is only read from inside the model's own folder.
+    """
+    import onnx
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    path = Path(path)
+    if not path.exists():
+        raise ConversionError(f"ONNX file not found: {path}")
+    if path.is_dir():
+        raise ConversionError(f"expected an .onnx file, got a directory: {path}")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise ConversionError(
+            f"{path} is not a readable ONNX model ({type(exc).__name__}: {exc}); "
+            "it may be truncated or not ONNX at all: export it again"
+        ) from exc
+    if not model.graph.node:
+        raise ConversionError(f"{path} holds no graph nodes: it is empty or not an ONNX model; export it again")
+    base = path.resolve().parent
+    for tensor in _get_all_tensors(model):
+        if uses_external_data(tensor):
+            location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+            target = (base / location).resolve()
+            if base not in target.parents:
+                raise ConversionError(
+                    f"{path}: tensor {tensor.name!r} points to external data outside the model's folder "
+                    f"({location!r}); refusing to read it"
+                )
+    if any(uses_external_data(t) for t in _get_all_tensors(model)):
+        onnx.load_external_data_for_model(model, str(base))
+    try:
+        onnx.checker.check_model(model)
+    except Exception as exc:
+        raise ConversionError(f"{path}: onnx.checker rejected the model: {exc}") from exc
+    return model
+
+
+def fold(model: Any) -> Graph:
+    """Constant-fold ``model`` (evaluating nodes whose inputs are all constant) and index it."""
+    import onnx
+    from onnx import numpy_helper, shape_inference
+
+    try:
+        model = shape_inference.infer_shapes(model)
+    except Exception:  # shapes are a help for tracing, not a requirement
+        pass
+    g = model.graph
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 18)
+    consts: dict[str, np.ndarray] = {}
+    provenance: dict[str, frozenset[str]] = {}
+    for init in g.initializer:
+        consts[init.name] = numpy_helper.to_array(init)
+        provenance[init.name] = frozenset([init.name])
+    graph_inputs = [i.name for i in g.input if i.name not in consts]
+    remaining: list[Any] = []
+    for node in g.node:
+        if node.op_type == "Constant":
+            value = _constant_value(node)
+            if value is not None:
+                consts[node.output[0]] = value
+                provenance[node.output[0]] = frozenset()
+                continue
+        ins = [i for i in node.input if i]
+        if node.op_type not in _NOT_FOLDABLE and node.domain in ("", "ai.onnx") and ins and all(
+            i in consts for i in ins
+        ):
+            try:
+                values = _evaluate(node, consts, onnx, opset)
+            except Exception:
+                values = None
+            if values is not None:
+                origin = frozenset().union(*(provenance[i] for i in ins))
+                for out, value in zip(node.output, values, strict=False):
+                    consts[out] = np.asarray(value)
+                    provenance[out] = origin
+                continue
+        remaining.append(node)
+    shapes = {}
+    for vi in [*g.value_info, *g.input, *g.output]:
+        dims = vi.type.tensor_type.shape.dim
+        shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims)
+    graph = Graph(model=model, nodes=remaining, consts=consts, provenance=provenance,
+                  initializers=[i.name for i in g.initializer], shapes=shapes, inputs=graph_inputs,
+                  outputs=[o.name for o in g.output])
+    for node in remaining:
+        for out in node.output:
+            graph.producers[out] = node
+        for i in node.input:
+            if i:
+                graph.consumers.setdefault(i, []).append(node)
+    return graph
+
+
+def _constant_value(node: Any) -> np.ndarray | None:
+    from onnx import helper, numpy_helper
+
+    for attr in node.attribute:
+        if attr.name == "value":
+            return numpy_helper.to_array(attr.t)
+        if attr.name in ("value_float", "value_int", "value_floats", "value_ints"):
+            return np.asarray(helper.get_attribute_value(attr),
+                              dtype=np.float32 if "float" in attr.name else np.int64)
+    return None
+
+
+def _evaluate(node: Any, consts: dict[str, np.ndarray], onnx: Any, opset: int) -> list[np.ndarray] | None:
+    from onnx.reference import ReferenceEvaluator
+
+    inputs = [i for i in node.input if i]
+    clone = onnx.helper.make_node(node.op_type, list(node.input), list(node.output), domain=node.domain)
+    clone.attribute.extend(node.attribute)
+    evaluator = ReferenceEvaluator(_single_node_model(clone, inputs, consts, onnx, opset))
+    return list(evaluator.run(None, {i: consts[i] for i in inputs}))
+
+
+def _single_node_model(node: Any, inputs: Iterable[str], consts: dict[str, np.ndarray], onnx: Any, opset: int) -> Any:
+    from onnx import helper
+
+    vis = [helper.make_tensor_value_info(i, helper.np_dtype_to_tensor_dtype(consts[i].dtype), consts[i].shape)
+           for i in inputs]
+    outs = [helper.make_value_info(o, onnx.TypeProto()) for o in node.output]
+    graph = helper.make_graph([node], "fold", vis, outs)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])

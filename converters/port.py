@@ -1,0 +1,173 @@
+"""Port weights from an ONNX graph into an existing model of the other framework.
+
+The target's parametric layers, in forward order, are matched to the graph's
+parametric nodes by kind and shape. BatchNorm that an exporter folded into the
+preceding convolution is ported inference-equivalently and marked as such.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from converters.errors import WeightMappingError
+from converters.graph import Graph, fold, load_onnx
+from converters.params import ParamGroup, param_groups
+from converters.report import LayerPort, PortReport
+from converters.targets import TargetLayer, framework_of, target_layers
+
+
+def _shape_text(shapes: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {tuple(v) if v is not None else None}" for k, v in shapes.items())
+
+
+def _mismatch(target: TargetLayer, group: ParamGroup | None, why: str) -> WeightMappingError:
+    there = f"ONNX {group.label} [{_shape_text(group.shapes())}]" if group else "no ONNX parametric node left"
+    return WeightMappingError(
+        f"first mismatching layer: target {target.framework} layer {target.name!r} ({target.kind}: "
+        f"{_shape_text(target.shapes)}) vs {there}: {why}. Check that the two models are the same "
+        "architecture with the same sizes, in the same layer order"
+    )
+
+
+def _check_shapes(target: TargetLayer, group: ParamGroup) -> None:
+    for key, want in target.shapes.items():
+        have = group.tensors.get(key)
+        if key in ("bias",) and (want is None or have is None):
+            continue  # absent biases are handled by the writers (zeros, or folded into BatchNorm)
+        if key == "var" and have is None and group.attrs.get("folded_statistics"):
+            continue
+        if want is None or have is None or tuple(have.shape) != tuple(want):
+            raise _mismatch(target, group, f"{key} shape {None if have is None else tuple(have.shape)} "
+                                           f"was expected to be {want}")
+
+
+def _folded_batchnorm(target: TargetLayer, conv_bias: np.ndarray | None) -> dict[str, np.ndarray]:
+    """An identity BatchNorm (gamma 1, mean 0, var 1-eps) carrying a folded conv bias as beta."""
+    c = target.shapes["gamma"][0]  # type: ignore[index]
+    eps = float(target.hyper["epsilon"])
+    return {"gamma": np.ones(c, np.float32), "beta": conv_bias if conv_bias is not None else np.zeros(c, np.float32),
+            "mean": np.zeros(c, np.float32), "var": np.full(c, 1.0 - eps, np.float32)}
+
+
+def port_graph(graph: Graph, targets: list[TargetLayer], source: str, framework: str) -> PortReport:
+    groups = param_groups(graph)
+    report = PortReport(source=source, target_framework=framework)
+    j = 0
+    i = 0
+    while i < len(targets):
+        target = targets[i]
+        group = groups[j] if j < len(groups) else None
+        if group is None or group.kind != target.kind:
+            raise _mismatch(target, group, f"expected a {target.kind} layer")
+        _check_shapes(target, group)
+        tensors = dict(group.tensors)
+        folded_stats = bool(group.attrs.get("folded_statistics"))
+        if folded_stats:  # x*scale+shift: variance 1-eps makes the target's division by sqrt(var+eps) exact
+            tensors["var"] = np.full(target.shapes["var"][0], 1.0 - float(target.hyper["epsilon"]), np.float32)  # type: ignore[index]
+        nxt = targets[i + 1] if i + 1 < len(targets) else None
+        next_group = groups[j + 1] if j + 1 < len(groups) else None
+        folded_bn = (target.kind == "conv" and nxt is not None and nxt.kind == "batchnorm"
+                     and (next_group is None or next_group.kind != "batchnorm"))
+        bias_for_bn = None
+        if folded_bn and target.shapes.get("bias") is None:
+            bias_for_bn, tensors["bias"] = tensors.get("bias"), None
+        elif target.shapes.get("bias") is None and tensors.get("bias") is not None and np.any(tensors["bias"]):
+            raise _mismatch(target, group, "the source layer has a non-zero bias but the target layer has none")
+        if target.shapes.get("bias") is not None and group.tensors.get("bias") is None:
+            report.warnings.append(f"{target.name}: the graph has no bias for {group.label} "
+                                   "(exporters drop all-zero biases); set to zero")
+        transform = target.write(tensors, group.attrs)
+        status = "inference-only" if folded_bn or folded_stats else "exact"
+        note = f"BatchNorm {nxt.name!r} folded into this conv by the exporter" if folded_bn and nxt else ""
+        if folded_stats:
+            note = "the exporter folded mean/variance into a per-channel scale and shift; ported as gamma/beta"
+        report.layers.append(LayerPort(target.name, target.kind, group.nodes, transform, status, note))
+        for name in group.sources:
+            report.consumed_initializers[name] = report.consumed_initializers.get(name, 0) + 1
+        if folded_bn and nxt is not None:
+            nxt.write(_folded_batchnorm(nxt, bias_for_bn), {})
+            report.layers.append(LayerPort(
+                nxt.name, "batchnorm", group.nodes, "identity (gamma 1, mean 0, var 1-eps)"
+                + (", beta = folded conv bias" if bias_for_bn is not None else ""), "inference-only",
+                "statistics were folded into the preceding conv by the exporter; export losslessly to keep them"))
+            i += 1
+        i += 1
+        j += 1
+    if j < len(groups):
+        extra = groups[j]
+        last = targets[-1].name if targets else "(none)"
+        raise WeightMappingError(
+            f"first mismatching layer: ONNX {extra.label} [{_shape_text(extra.shapes())}] has no counterpart in "
+            f"the target: its parametric layers ended at {last!r}. The source has more layers than the target"
+        )
+    _account_initializers(graph, report)
+    return report
+
+
+def _account_initializers(graph: Graph, report: PortReport) -> None:
+    users: dict[str, Counter[str]] = {}
+    for node in graph.nodes:
+        for inp in node.input:
+            for init in graph.provenance.get(inp, ()):
+                users.setdefault(init, Counter())[node.op_type] += 1
+    for name in graph.initializers:
+        if name in report.consumed_initializers:
+            continue
+        ops = users.get(name)
+        if ops:
+            report.unused_initializers[name] = f"structural constant (shape, index or scalar) used by {', '.join(sorted(ops))}"
+        else:
+            report.unused_initializers[name] = "not used by any node left after constant folding"
+
+
+def port_onnx(path: str | Path, target: Any, target_inputs: Sequence[np.ndarray] | None = None) -> PortReport:
+    """Port the weights in the ONNX file ``path`` into ``target`` (modified in place)."""
+    graph = fold(load_onnx(path))
+    layers = target_layers(target, target_inputs)
+    return port_graph(graph, layers, str(path), framework_of(target))
+
+
+def port_weights(
+    source: Any,
+    target: Any,
+    example_inputs: Sequence[np.ndarray],
+    *,
+    exporter: str = "dynamo",
+    lossless: bool = False,
+    target_inputs: Sequence[np.ndarray] | None = None,
+    onnx_path: str | Path | None = None,
+) -> PortReport:
+    """Move ``source``'s weights into ``target`` through ONNX.
+
+    ``source``: a torch.nn.Module, a keras.Model, or a path to an .onnx file.
+    ``example_inputs``: numpy arrays in the source's own layout (used to export).
+    ``target_inputs``: the same inputs in the target's layout; with them, a torch
+    target's layer order is traced from a forward pass instead of registration order.
+    ``onnx_path``: where to keep the exported file (a temporary file otherwise).
+    """
+    if isinstance(source, (str, Path)):
+        return port_onnx(source, target, target_inputs)
+    from converters.export import export_model
+
+    src_fw = framework_of(source)
+    if src_fw == framework_of(target):
+        raise WeightMappingError("source and target are both " + src_fw + " models; port between frameworks")
+    names_in = [f"input_{k}" for k in range(len(example_inputs))]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(onnx_path) if onnx_path else Path(tmp) / "source.onnx"
+        export_model(source, src_fw, example_inputs, path, input_names=names_in, output_names=_output_names(source),
+                     exporter=exporter, lossless=lossless)
+        report = port_onnx(path, target, target_inputs)
+    return report
+
+
+def _output_names(model: Any) -> list[str]:
+    if framework_of(model) == "tf":
+        return [f"output_{k}" for k in range(len(model.outputs))]
+    return ["output_0"]

@@ -139,7 +139,7 @@ def fold(model: Any) -> Graph:
                 continue
         remaining.append(node)
     shapes = {}
-    for vi in [*g.value_info, *g.input, *g.output]:
+    for vi in [*g.value_info, *_infer_folded_shapes(model, remaining, consts), *g.input, *g.output]:
         dims = vi.type.tensor_type.shape.dim
         shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims)
     graph = Graph(model=model, nodes=remaining, consts=consts, provenance=provenance,
@@ -152,6 +152,22 @@ def fold(model: Any) -> Graph:
             if i:
                 graph.consumers.setdefault(i, []).append(node)
     return graph
+
+
+def _infer_folded_shapes(model: Any, nodes: list[Any], consts: dict[str, np.ndarray]) -> list[Any]:
+    """Shape inference again on the folded graph: shapes computed at run time (pads, reshape
+    targets) are constants now, so more of the graph gets static shapes."""
+    from onnx import helper, numpy_helper, shape_inference
+
+    used = {i for n in nodes for i in n.input if i in consts}
+    g = model.graph
+    graph = helper.make_graph(nodes, g.name, list(g.input), list(g.output),
+                              [numpy_helper.from_array(np.asarray(consts[n]), n) for n in sorted(used)])
+    folded = helper.make_model(graph, opset_imports=list(model.opset_import))
+    try:
+        return list(shape_inference.infer_shapes(folded, data_prop=True).graph.value_info)
+    except Exception:
+        return []
 
 
 def _constant_value(node: Any) -> np.ndarray | None:

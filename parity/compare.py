@@ -110,7 +110,8 @@ def compare(
             f"{int(np.count_nonzero(~finite_y))} in {b}"
         )
 
-    diff = np.where(both, np.abs(x - y), 0.0)
+    with np.errstate(invalid="ignore", over="ignore"):
+        diff = np.where(both, np.abs(x - y), 0.0)
     limit = atol + rtol * np.abs(np.where(both, y, 0.0))
     bad = (both & (diff > limit)) | (~both & ~same_nonfinite)
     over = int(np.count_nonzero(bad))

@@ -47,8 +47,12 @@ def export_torch(
     dynamic_batch: bool = True,
 ) -> Path:
     """Export a torch module; ``lossless`` keeps BatchNorm as its own node."""
+    import logging
+
     import torch
 
+    # the dynamo exporter logs a warning per missing torchvision op; nothing here uses them
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     if exporter not in TORCH_EXPORTERS:
         raise ConversionError(f"unknown torch exporter {exporter!r}; choose one of {', '.join(TORCH_EXPORTERS)}")
     path = Path(path)

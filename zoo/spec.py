@@ -86,6 +86,14 @@ class ModelSpec:
     torch_builder: Callable[[Any], Any] = field(repr=False)
     keras_builder: Callable[[Any], Any] = field(repr=False)
     presets: tuple[str, ...] = ("small",)
+    # Custom seeded inputs (token ids below the vocabulary, masks with real padding):
+    # called as make_inputs(config, batch, rng) -> {name: array in torch layout}.
+    make_inputs: Callable[[Any, int, np.random.Generator], dict[str, np.ndarray]] | None = field(
+        default=None, repr=False)
+    # torch parameter count minus the Keras twin's trainable count, where the
+    # parameterisations really differ (torch's second LSTM bias), with the reason.
+    param_difference: int = 0
+    param_difference_reason: str = ""
 
     def build_torch(self, seed: int = 0) -> Any:
         """The PyTorch twin in eval mode, initialised from ``seed`` (global RNG untouched)."""
@@ -113,6 +121,8 @@ class ModelSpec:
     def example_inputs(self, batch: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
         """Seeded inputs in torch layout, keyed by input name."""
         rng = np.random.default_rng(seed)
+        if self.make_inputs is not None:
+            return self.make_inputs(self.config, batch, rng)
         out: dict[str, np.ndarray] = {}
         for spec in self.inputs:
             shape = (batch, *spec.shape)

@@ -1,13 +1,17 @@
 """Pure numpy transforms between the canonical (ONNX) layout and each framework's.
 
-Canonical layouts: dense kernel (in, out); conv weight (M, C/g, *k) as in ONNX.
+Canonical layouts are listed in converters.params. Gate orders: ONNX LSTM i,o,f,c;
+torch i,f,g(c),o; Keras i,f,c,o. ONNX GRU z,r,h; torch r,z,n; Keras z,r,h.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-FlattenOrder = str  # "CHW" (channels-first flatten, torch) or "HWC" (channels-last, Keras)
+LSTM_ONNX_TO_TORCH = (0, 2, 3, 1)  # i,o,f,c -> i,f,c,o
+LSTM_ONNX_TO_KERAS = (0, 2, 3, 1)  # Keras uses torch's order
+GRU_ONNX_TO_TORCH = (1, 0, 2)  # z,r,h -> r,z,n
+GRU_ONNX_TO_KERAS = (0, 1, 2)
 
 
 def reorder_flatten_rows(kernel: np.ndarray, order: str, dims: tuple[int, ...], target_order: str) -> np.ndarray:
@@ -49,3 +53,32 @@ def conv_to_keras(weight: np.ndarray) -> np.ndarray:
 def conv_from_keras(kernel: np.ndarray) -> np.ndarray:
     rank = kernel.ndim
     return np.ascontiguousarray(kernel.transpose(rank - 1, rank - 2, *range(0, rank - 2)))
+
+
+def depthwise_to_keras(weight: np.ndarray, channels: int) -> np.ndarray:
+    """ONNX (C*m, 1, kh, kw) -> Keras DepthwiseConv2D (kh, kw, C, m); channel c*m+j is (c, j)."""
+    cm, _, kh, kw = weight.shape
+    m = cm // channels
+    return np.ascontiguousarray(weight.reshape(channels, m, kh, kw).transpose(2, 3, 0, 1))
+
+
+def depthwise_from_keras(kernel: np.ndarray) -> np.ndarray:
+    kh, kw, c, m = kernel.shape
+    return np.ascontiguousarray(kernel.transpose(2, 3, 0, 1).reshape(c * m, 1, kh, kw))
+
+
+def conv_transpose_to_keras(weight: np.ndarray) -> np.ndarray:
+    """ONNX/torch (C_in, C_out, *k) -> Keras Conv2DTranspose (*k, C_out, C_in); no spatial flip."""
+    rank = weight.ndim
+    return np.ascontiguousarray(weight.transpose(*range(2, rank), 1, 0))
+
+
+def conv_transpose_from_keras(kernel: np.ndarray) -> np.ndarray:
+    rank = kernel.ndim
+    return np.ascontiguousarray(kernel.transpose(rank - 1, rank - 2, *range(0, rank - 2)))
+
+
+def reorder_gates(x: np.ndarray, order: tuple[int, ...], axis: int = 0) -> np.ndarray:
+    """Reorder the equal gate blocks of ``x`` along ``axis``."""
+    blocks = np.split(x, len(order), axis=axis)
+    return np.ascontiguousarray(np.concatenate([blocks[i] for i in order], axis=axis))

@@ -2,6 +2,17 @@
 
 One extractor per ONNX op type, registered with ``@extractor``; a parametric node
 that no extractor handles raises UnsupportedLayerError listing the supported ops.
+
+Canonical (ONNX) layouts per kind:
+  dense          kernel (in, out), bias (out,)
+  conv           weight (M, C/g, *k), bias (M,)
+  convtranspose  weight (C, M/g, *k), bias (M,)
+  batchnorm      gamma, beta, mean, var (C,)   (var None: statistics folded by the exporter)
+  layernorm      gamma, beta (C,)
+  groupnorm      gamma, beta (C,)
+  embedding      table (N, D)
+  lstm           W (dirs, 4H, I), R (dirs, 4H, H), B (dirs, 8H); gates i, o, f, c
+  gru            W (dirs, 3H, I), R (dirs, 3H, H), B (dirs, 6H); gates z, r, h
 """
 
 from __future__ import annotations
@@ -20,11 +31,13 @@ from converters.graph import Graph
 class ParamGroup:
     """The parameters of one layer as found in the graph, in canonical layout."""
 
-    kind: str  # "dense" | "conv" | "batchnorm"
+    kind: str
     nodes: list[str]
     tensors: dict[str, np.ndarray | None]
     attrs: dict[str, Any] = field(default_factory=dict)
     sources: frozenset[str] = frozenset()  # initializers these tensors came from
+    input: str = ""  # the data tensor flowing in
+    output: str = ""  # the tensor leaving the group (after any absorbed bias/affine nodes)
 
     @property
     def label(self) -> str:
@@ -52,41 +65,68 @@ def supported_ops() -> list[str]:
     return sorted(_EXTRACTORS)
 
 
-def _node_name(node: Any) -> str:
+def node_name(node: Any) -> str:
     return node.name or f"{node.op_type}({node.output[0]})"
 
 
-def _attrs(node: Any) -> dict[str, Any]:
+def attrs_of(node: Any) -> dict[str, Any]:
     from onnx import helper
 
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    out = {}
+    for a in node.attribute:
+        value = helper.get_attribute_value(a)
+        out[a.name] = value.decode() if isinstance(value, bytes) else value
+    return out
 
 
 def _sources(graph: Graph, *names: str) -> frozenset[str]:
     return frozenset().union(*(graph.provenance.get(n, frozenset()) for n in names if n))
 
 
-def _bias_after(graph: Graph, output: str, channels: int, channel_axis_rank: int | None,
-                claimed: set[str]) -> tuple[np.ndarray | None, Any | None]:
-    """A constant bias added right after a MatMul/Conv (what tf2onnx and dynamo emit)."""
-    add = graph.only_consumer(output)
-    if add is None or add.op_type != "Add":
-        return None, None
-    other = add.input[1] if add.input[0] == output else add.input[0]
-    value = graph.const(other)
-    if value is None or value.size != channels or not np.issubdtype(value.dtype, np.floating):
-        return None, None
-    if channel_axis_rank is not None and value.ndim > 1:
-        # conv bias must broadcast over channels only: shape (1, M, 1, 1) or (M, 1, 1)
-        if value.shape[-channel_axis_rank - 1] != channels:
-            return None, None
-    claimed.add(_node_name(add))
-    return value.reshape(channels).astype(np.float32), add
+def _f32(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.float32)
 
 
-def _flatten_origin(graph: Graph, tensor: str) -> tuple[str, tuple[int, ...]] | None:
-    """If ``tensor`` is a flattened feature map, its flatten order and dims."""
-    name, node = graph.trace_back(tensor)
+def _float_const(graph: Graph, name: str) -> np.ndarray | None:
+    value = graph.const(name)
+    if value is None or not np.issubdtype(value.dtype, np.floating):
+        return None
+    return value
+
+
+def _other_input(node: Any, tensor: str) -> str:
+    return node.input[1] if node.input[0] == tensor else node.input[0]
+
+
+def _bias_after(graph: Graph, output: str, channels: int, claimed: set[str],
+                spatial: int | None = None) -> tuple[np.ndarray | None, Any | None, str]:
+    """A constant bias added right after a MatMul/Conv, possibly behind a Reshape
+    (tf2onnx's Tensordot for Dense on >=3-D inputs). Returns (bias, add node, output)."""
+    node = graph.only_consumer(output)
+    if node is not None and node.op_type == "Reshape" and spatial is None:
+        reshaped = node.output[0]
+        node = graph.only_consumer(reshaped)
+        if node is None or node.op_type != "Add":
+            return None, None, output
+        output_in = reshaped
+    else:
+        output_in = output
+    if node is None or node.op_type != "Add":
+        return None, None, output
+    value = _float_const(graph, _other_input(node, output_in))
+    if value is None or value.size != channels:
+        return None, None, output
+    if spatial is not None and value.ndim > 1 and value.shape[-spatial - 1] != channels:
+        return None, None, output  # a conv bias broadcasts over channels only: (1, M, 1, 1)
+    if spatial is None and value.ndim >= 1 and value.shape[-1] != channels:
+        return None, None, output
+    claimed.add(node_name(node))
+    return _f32(value.reshape(channels)), node, node.output[0]
+
+
+def _flatten_origin(graph: Graph, tensor: str, in_features: int) -> tuple[str, tuple[int, ...]] | None:
+    """If ``tensor`` is a feature map flattened into ``in_features``, its order and dims."""
+    _, node = graph.trace_back(tensor)
     if node is None or node.op_type not in ("Reshape", "Flatten"):
         return None
     source = node.input[0]
@@ -94,95 +134,306 @@ def _flatten_origin(graph: Graph, tensor: str) -> tuple[str, tuple[int, ...]] | 
     if shape is None or len(shape) < 3 or any(d is None for d in shape[1:]):
         return None
     dims = tuple(int(d) for d in shape[1:])
+    if int(np.prod(dims)) != in_features or dims[-1] == in_features:
+        return None  # collapses batch-like dims (Tensordot), not a feature-map flatten
     _, producer = graph.trace_back(source)
     if producer is not None and producer.op_type == "Transpose":
-        perm = tuple(_attrs(producer).get("perm", ()))
-        rank = len(shape)
-        if perm == (0, *range(2, rank), 1):
+        perm = tuple(attrs_of(producer).get("perm", ()))
+        if perm == (0, *range(2, len(shape)), 1):
             return "HWC", dims
     return "CHW", dims
 
 
+def _dense_group(graph: Graph, node: Any, kernel: np.ndarray, bias: np.ndarray | None, sources: frozenset[str],
+                 claimed: set[str]) -> ParamGroup:
+    nodes = [node_name(node)]
+    output = node.output[0]
+    if bias is None:
+        bias, add, output = _bias_after(graph, node.output[0], kernel.shape[1], claimed)
+        if add is not None:
+            nodes.append(node_name(add))
+            sources |= _sources(graph, *add.input)
+    return ParamGroup("dense", nodes, {"kernel": _f32(kernel), "bias": bias},
+                      {"flatten": _flatten_origin(graph, node.input[0], kernel.shape[0])},
+                      sources, input=node.input[0], output=output)
+
+
 @extractor("Gemm")
 def _gemm(graph: Graph, node: Any, claimed: set[str]) -> ParamGroup | None:
-    b = graph.const(node.input[1])
+    b = _float_const(graph, node.input[1])
     if b is None:
         return None
-    a = _attrs(node)
+    a = attrs_of(node)
     if a.get("transA", 0):
-        raise UnsupportedLayerError(f"Gemm node {_node_name(node)} transposes its input (transA=1); not supported")
+        raise UnsupportedLayerError(f"Gemm node {node_name(node)} transposes its input (transA=1); not supported")
     kernel = (b.T if a.get("transB", 0) else b) * a.get("alpha", 1.0)
     bias_name = node.input[2] if len(node.input) > 2 else ""
     bias = graph.const(bias_name)
     if bias is not None:
-        bias = np.broadcast_to(bias * a.get("beta", 1.0), (kernel.shape[1],)).astype(np.float32)
-    return ParamGroup("dense", [_node_name(node)], {"kernel": kernel.astype(np.float32), "bias": bias},
-                      {"flatten": _flatten_origin(graph, node.input[0])},
-                      _sources(graph, node.input[1], bias_name))
+        bias = _f32(np.broadcast_to(bias * a.get("beta", 1.0), (kernel.shape[1],)))
+    return _dense_group(graph, node, kernel, bias, _sources(graph, node.input[1], bias_name), claimed)
 
 
 @extractor("MatMul")
 def _matmul(graph: Graph, node: Any, claimed: set[str]) -> ParamGroup | None:
-    w = graph.const(node.input[1])
+    w = _float_const(graph, node.input[1])
     if w is None or w.ndim != 2:
         return None
-    bias, add = _bias_after(graph, node.output[0], w.shape[1], None, claimed)
-    nodes = [_node_name(node)] + ([_node_name(add)] if add is not None else [])
-    bias_src = (set(add.input) - {node.output[0]}) if add is not None else set()
-    return ParamGroup("dense", nodes, {"kernel": w.astype(np.float32), "bias": bias},
-                      {"flatten": _flatten_origin(graph, node.input[0])},
-                      _sources(graph, node.input[1], *bias_src))
+    return _dense_group(graph, node, w, None, _sources(graph, node.input[1]), claimed)
 
 
-@extractor("Conv")
-def _conv(graph: Graph, node: Any, claimed: set[str]) -> ParamGroup | None:
-    w = graph.const(node.input[1])
+def _conv_like(kind: str, graph: Graph, node: Any, claimed: set[str]) -> ParamGroup | None:
+    w = _float_const(graph, node.input[1])
     if w is None:
         return None
     bias_name = node.input[2] if len(node.input) > 2 else ""
     bias = graph.const(bias_name)
-    nodes = [_node_name(node)]
+    channels = w.shape[0] if kind == "conv" else w.shape[1] * int(attrs_of(node).get("group", 1))
+    nodes, output = [node_name(node)], node.output[0]
     sources = _sources(graph, node.input[1], bias_name)
     if bias is None:
-        bias, add = _bias_after(graph, node.output[0], w.shape[0], w.ndim - 2, claimed)
+        bias, add, output = _bias_after(graph, node.output[0], channels, claimed, spatial=w.ndim - 2)
         if add is not None:
-            nodes.append(_node_name(add))
-            sources |= _sources(graph, *(set(add.input) - {node.output[0]}))
-    a = _attrs(node)
+            nodes.append(node_name(add))
+            sources |= _sources(graph, *add.input)
+    a = attrs_of(node)
     spatial = w.ndim - 2
-    return ParamGroup(
-        "conv", nodes, {"weight": w.astype(np.float32), "bias": None if bias is None else bias.astype(np.float32)},
-        {"group": int(a.get("group", 1)), "strides": tuple(a.get("strides", (1,) * spatial)),
-         "dilations": tuple(a.get("dilations", (1,) * spatial)), "pads": tuple(a.get("pads", ())),
-         "auto_pad": a.get("auto_pad", b"NOTSET"), "spatial": spatial},
-        sources,
-    )
+    attrs = {"group": int(a.get("group", 1)), "strides": tuple(a.get("strides", (1,) * spatial)),
+             "dilations": tuple(a.get("dilations", (1,) * spatial)), "pads": tuple(a.get("pads", ())),
+             "auto_pad": a.get("auto_pad", "NOTSET"), "spatial": spatial}
+    return ParamGroup(kind, nodes, {"weight": _f32(w), "bias": None if bias is None else _f32(bias)},
+                      attrs, sources, input=node.input[0], output=output)
+
+
+@extractor("Conv")
+def _conv(graph: Graph, node: Any, claimed: set[str]) -> ParamGroup | None:
+    return _conv_like("conv", graph, node, claimed)
+
+
+@extractor("ConvTranspose")
+def _conv_transpose(graph: Graph, node: Any, claimed: set[str]) -> ParamGroup | None:
+    return _conv_like("convtranspose", graph, node, claimed)
 
 
 @extractor("BatchNormalization")
 def _batchnorm(graph: Graph, node: Any, claimed: set[str]) -> ParamGroup | None:
-    values = [graph.const(n) for n in node.input[1:5]]
+    values = [_float_const(graph, n) for n in node.input[1:5]]
     if any(v is None for v in values):
         return None
-    gamma, beta, mean, var = (v.astype(np.float32) for v in values)  # type: ignore[union-attr]
-    a = _attrs(node)
-    return ParamGroup("batchnorm", [_node_name(node)], {"gamma": gamma, "beta": beta, "mean": mean, "var": var},
+    gamma, beta, mean, var = (_f32(v) for v in values)  # type: ignore[arg-type]
+    a = attrs_of(node)
+    return ParamGroup("batchnorm", [node_name(node)], {"gamma": gamma, "beta": beta, "mean": mean, "var": var},
                       {"epsilon": float(a.get("epsilon", 1e-5)), "momentum": float(a.get("momentum", 0.9))},
-                      _sources(graph, *node.input[1:5]))
+                      _sources(graph, *node.input[1:5]), input=node.input[0], output=node.output[0])
+
+
+@extractor("LayerNormalization")
+def _layernorm(graph: Graph, node: Any, claimed: set[str]) -> ParamGroup | None:
+    gamma = _float_const(graph, node.input[1])
+    if gamma is None:
+        return None
+    bias_name = node.input[2] if len(node.input) > 2 else ""
+    beta = _float_const(graph, bias_name)
+    a = attrs_of(node)
+    return ParamGroup("layernorm", [node_name(node)],
+                      {"gamma": _f32(gamma.reshape(-1)),
+                       "beta": _f32(beta.reshape(-1)) if beta is not None else np.zeros(gamma.size, np.float32)},
+                      {"epsilon": float(a.get("epsilon", 1e-5)), "axis": int(a.get("axis", -1))},
+                      _sources(graph, node.input[1], bias_name), input=node.input[0], output=node.output[0])
+
+
+@extractor("InstanceNormalization")
+def _groupnorm_torch(graph: Graph, node: Any, claimed: set[str]) -> ParamGroup | None:
+    """torch's GroupNorm: Reshape -> InstanceNormalization(ones, zeros) -> Reshape -> Mul -> Add."""
+    scale, bias = _float_const(graph, node.input[1]), _float_const(graph, node.input[2])
+    if scale is None or bias is None:
+        return None
+    nodes, sources = [node_name(node)], _sources(graph, node.input[1], node.input[2])
+    tensor = node.output[0]
+    reshape = graph.only_consumer(tensor)
+    if reshape is not None and reshape.op_type == "Reshape":
+        tensor = reshape.output[0]
+    mul = graph.only_consumer(tensor)
+    gamma = _per_channel(graph, mul, tensor) if mul is not None and mul.op_type == "Mul" else None
+    if gamma is None or not (np.all(scale == 1) and np.all(bias == 0)):
+        return ParamGroup("instancenorm", nodes, {"gamma": _f32(scale), "beta": _f32(bias)},
+                          {"epsilon": float(attrs_of(node).get("epsilon", 1e-5))}, sources,
+                          input=node.input[0], output=node.output[0])
+    claimed.add(node_name(mul))
+    nodes.append(node_name(mul))
+    sources |= _sources(graph, gamma[1])
+    add = graph.only_consumer(mul.output[0])
+    beta = _per_channel(graph, add, mul.output[0]) if add is not None and add.op_type == "Add" else None
+    output = mul.output[0]
+    if beta is not None:
+        claimed.add(node_name(add))
+        nodes.append(node_name(add))
+        sources |= _sources(graph, beta[1])
+        output = add.output[0]
+    c = gamma[0].shape[0]
+    return ParamGroup("groupnorm", nodes,
+                      {"gamma": gamma[0], "beta": beta[0] if beta is not None else np.zeros(c, np.float32)},
+                      {"epsilon": float(attrs_of(node).get("epsilon", 1e-5)), "groups": int(scale.size)},
+                      sources, input=node.input[0], output=output)
+
+
+@extractor("Gather")
+def _embedding(graph: Graph, node: Any, claimed: set[str]) -> ParamGroup | None:
+    table = _float_const(graph, node.input[0])
+    if table is None or table.ndim != 2 or int(attrs_of(node).get("axis", 0)) != 0:
+        return None
+    return ParamGroup("embedding", [node_name(node)], {"table": _f32(table)}, {}, _sources(graph, node.input[0]),
+                      input=node.input[1], output=node.output[0])
+
+
+def _rnn(kind: str, graph: Graph, node: Any) -> ParamGroup | None:
+    w, r = _float_const(graph, node.input[1]), _float_const(graph, node.input[2])
+    if w is None or r is None:
+        return None
+    b_name = node.input[3] if len(node.input) > 3 else ""
+    b = _float_const(graph, b_name)
+    gates = 4 if kind == "lstm" else 3
+    dirs, hidden = w.shape[0], r.shape[2]
+    if b is None:
+        b = np.zeros((dirs, 2 * gates * hidden), np.float32)
+    a = attrs_of(node)
+    if len(node.input) > 4 and node.input[4]:
+        lens = graph.const(node.input[4])
+        if lens is None:
+            raise UnsupportedLayerError(f"{kind.upper()} node {node_name(node)} uses sequence_lens; not supported")
+    if kind == "lstm" and len(node.input) > 7 and node.input[7]:
+        raise UnsupportedLayerError(f"LSTM node {node_name(node)} has peephole weights; not supported")
+    acts = [s.lower() for s in a.get("activations", [])]
+    attrs = {"direction": a.get("direction", "forward"), "hidden": int(hidden), "activations": acts,
+             "linear_before_reset": int(a.get("linear_before_reset", 0)), "layout": int(a.get("layout", 0))}
+    return ParamGroup(kind, [node_name(node)], {"W": _f32(w), "R": _f32(r), "B": _f32(b)}, attrs,
+                      _sources(graph, node.input[1], node.input[2], b_name), input=node.input[0],
+                      output=node.output[0])
+
+
+@extractor("LSTM")
+def _lstm(graph: Graph, node: Any, claimed: set[str]) -> ParamGroup | None:
+    return _rnn("lstm", graph, node)
+
+
+@extractor("GRU")
+def _gru(graph: Graph, node: Any, claimed: set[str]) -> ParamGroup | None:
+    return _rnn("gru", graph, node)
+
+
+@extractor("Loop")
+def _keras_gru_loop(graph: Graph, node: Any, claimed: set[str]) -> ParamGroup | None:
+    """Keras GRU (reset_after=True) exported by tf2onnx as a while-loop.
+
+    The kernel (I, 3H), recurrent kernel (H, 3H) and bias (2, 3H) are loop inputs in
+    Keras layout (gates z, r, h); the body tells which matmul multiplies the input.
+    """
+    body = next((a.g for a in node.attribute if a.name == "body"), None)
+    if body is None:
+        return None
+    consts = {i: graph.consts[name] for i, name in enumerate(node.input) if name in graph.consts
+              and np.issubdtype(graph.consts[name].dtype, np.floating) and graph.consts[name].size > 1}
+    if not consts:
+        return None
+    ops = {n.op_type for n in body.node}
+    mats = {i: v for i, v in consts.items() if v.ndim == 2}
+    if not {"Sigmoid", "Tanh"} <= ops or len(consts) != 3:
+        raise UnsupportedLayerError(
+            f"Loop node {node_name(node)} carries parameters {[v.shape for v in consts.values()]} but is not a "
+            "recognised recurrent cell (Keras GRU with reset_after=True)"
+        )
+    body_inputs = [i.name for i in body.input]  # iteration, condition, carried...
+    to_outer = {body_inputs[k]: k for k in range(2, len(body_inputs))}  # body name -> loop input index
+    producers = {o: n for n in body.node for o in n.output}
+    kernel_idx = recurrent_idx = None
+    for n in body.node:
+        if n.op_type != "MatMul" or n.input[1] not in to_outer:
+            continue
+        idx = to_outer[n.input[1]]
+        src = n.input[0]
+        while src in producers and producers[src].op_type in ("Identity", "Cast", "Squeeze", "Reshape"):
+            src = producers[src].input[0]
+        from_input = src in producers and producers[src].op_type == "Gather"
+        if from_input:
+            kernel_idx = idx
+        else:
+            recurrent_idx = idx
+    bias_idx = next((i for i in consts if i not in (kernel_idx, recurrent_idx)), None)
+    if kernel_idx is None or recurrent_idx is None or bias_idx is None:
+        raise UnsupportedLayerError(f"Loop node {node_name(node)}: could not tell the GRU's kernel from its "
+                                    f"recurrent kernel; shapes {[v.shape for v in mats.values()]}")
+    kernel, recurrent, bias = consts[kernel_idx], consts[recurrent_idx], consts[bias_idx]
+    h = recurrent.shape[0]
+    if bias.shape != (2, 3 * h):
+        raise UnsupportedLayerError(f"Loop node {node_name(node)}: GRU bias of shape {bias.shape}; only Keras "
+                                    "reset_after=True (bias (2, 3H), PyTorch semantics) is supported")
+    return ParamGroup("gru", [node_name(node)],
+                      {"W": _f32(kernel.T[None]), "R": _f32(recurrent.T[None]), "B": _f32(bias.reshape(1, 6 * h))},
+                      {"direction": "forward", "hidden": int(h), "activations": ["sigmoid", "tanh"],
+                       "linear_before_reset": 1, "layout": 0, "from_loop": True},
+                      _sources(graph, node.input[kernel_idx], node.input[recurrent_idx], node.input[bias_idx]),
+                      input=node.input[2] if len(node.input) > 2 else "", output=node.output[0])
 
 
 def _per_channel(graph: Graph, node: Any, tensor: str) -> tuple[np.ndarray, str] | None:
     """The float per-channel constant operand of a binary op whose other operand is ``tensor``."""
-    other = node.input[1] if node.input[0] == tensor else node.input[0]
-    value = graph.const(other)
-    if value is None or not np.issubdtype(value.dtype, np.floating) or value.size < 2:
+    other = _other_input(node, tensor)
+    value = _float_const(graph, other)
+    if value is None or value.size < 2 or sum(d > 1 for d in value.shape) != 1:
         return None
-    if sum(d > 1 for d in value.shape) != 1:
-        return None  # not a per-channel vector
-    return value.reshape(-1).astype(np.float32), other
+    return _f32(value.reshape(-1)), other
+
+
+def _decomposed_norm(graph: Graph, node: Any, claimed: set[str]) -> ParamGroup | None:
+    """Keras LayerNormalization / GroupNormalization as tf2onnx writes them:
+    inv = Reciprocal(Sqrt(var + eps)) * gamma; y = x * inv + (beta - mean * inv)."""
+    data = next((i for i in node.input if graph.const(i) is None), None)
+    gamma_name = _other_input(node, data) if data else ""
+    gamma = _float_const(graph, gamma_name)
+    if data is None or gamma is None or gamma.size < 2:
+        return None
+    _, recip = graph.trace_back(data)
+    if recip is None or recip.op_type not in ("Reciprocal", "Div"):
+        return None
+    sqrt = graph.producer(recip.input[-1])
+    add_eps = graph.producer(sqrt.input[0]) if sqrt is not None and sqrt.op_type == "Sqrt" else None
+    if add_eps is None or add_eps.op_type != "Add":
+        return None
+    eps_value = next((graph.consts[i] for i in add_eps.input if i in graph.consts), None)
+    channels = gamma.size
+    # beta: an Add of a constant with ``channels`` elements within two steps downstream
+    beta, beta_name, beta_node, frontier = None, "", None, [node.output[0]]
+    for _ in range(3):
+        nxt = []
+        for t in frontier:
+            for user in graph.consumers.get(t, []):
+                if user.op_type == "Add":
+                    value = _float_const(graph, _other_input(user, t))
+                    if value is not None and value.size == channels:
+                        beta, beta_name, beta_node = value, _other_input(user, t), user
+                nxt.extend(user.output)
+        if beta is not None:
+            break
+        frontier = nxt
+    groups = gamma.shape[-2] if sum(d > 1 for d in gamma.shape) >= 2 else None
+    kind = "groupnorm" if groups else "layernorm"
+    nodes = [node_name(node)] + ([node_name(beta_node)] if beta_node is not None else [])
+    if beta_node is not None:
+        claimed.add(node_name(beta_node))
+    # the normalised tensor leaves through the last Add of the pattern
+    attrs: dict[str, Any] = {"epsilon": float(np.asarray(eps_value).reshape(-1)[0]) if eps_value is not None else None}
+    if groups:
+        attrs["groups"] = int(groups)
+    return ParamGroup(kind, nodes, {"gamma": _f32(gamma.reshape(-1)),
+                                    "beta": _f32(beta.reshape(-1)) if beta is not None else np.zeros(channels, np.float32)},
+                      attrs, _sources(graph, gamma_name, beta_name), input="", output="")
 
 
 @extractor("Mul")
+def _mul(graph: Graph, node: Any, claimed: set[str]) -> ParamGroup | None:
+    return _decomposed_norm(graph, node, claimed) or _channel_affine(graph, node, claimed)
+
+
 def _channel_affine(graph: Graph, node: Any, claimed: set[str]) -> ParamGroup | None:
     """``x * scale + shift`` per channel: a BatchNorm whose statistics the exporter folded
     (tf2onnx emits this when the BatchNorm cannot be folded into a preceding conv)."""
@@ -196,19 +447,20 @@ def _channel_affine(graph: Graph, node: Any, claimed: set[str]) -> ParamGroup | 
     shift = _per_channel(graph, add, node.output[0])
     if shift is None or shift[0].shape != scale[0].shape:
         return None
-    claimed.add(_node_name(add))
+    claimed.add(node_name(add))
     c = scale[0].shape[0]
-    return ParamGroup("batchnorm", [_node_name(node), _node_name(add)],
+    return ParamGroup("batchnorm", [node_name(node), node_name(add)],
                       {"gamma": scale[0], "beta": shift[0], "mean": np.zeros(c, np.float32), "var": None},
-                      {"folded_statistics": True}, _sources(graph, scale[1], shift[1]))
+                      {"folded_statistics": True}, _sources(graph, scale[1], shift[1]), input=data,
+                      output=add.output[0])
 
 
 def param_groups(graph: Graph) -> list[ParamGroup]:
     """Parametric layers of ``graph`` in topological (forward) order."""
     groups: list[ParamGroup] = []
-    claimed: set[str] = set()  # nodes folded into an earlier group (bias Adds)
+    claimed: set[str] = set()  # nodes absorbed into an earlier group (bias Adds, affine tails)
     for node in graph.nodes:
-        name = _node_name(node)
+        name = node_name(node)
         if name in claimed:
             continue
         fn = _EXTRACTORS.get(node.op_type)
@@ -216,17 +468,25 @@ def param_groups(graph: Graph) -> list[ParamGroup]:
         if group is not None:
             groups.append(group)
             continue
-        weights = [i for i in node.input if _is_weight(graph, i)]
+        weights = [i for i in node.input if is_weight(graph, i)]
         if weights:
             shapes = {w: tuple(graph.consts[w].shape) for w in weights}
             raise UnsupportedLayerError(
                 f"ONNX node {name!r} ({node.op_type}) takes parameters {shapes} that no rule handles; "
                 f"supported parametric ops: {', '.join(supported_ops())}"
             )
+    _mark_followed_by_norm(groups)
     return groups
 
 
-def _is_weight(graph: Graph, name: str) -> bool:
+def _mark_followed_by_norm(groups: list[ParamGroup]) -> None:
+    norm_inputs = {g.input for g in groups if g.kind == "batchnorm" and g.input}
+    for g in groups:
+        if g.kind in ("conv", "dense", "convtranspose"):
+            g.attrs["norm_follows"] = g.output in norm_inputs
+
+
+def is_weight(graph: Graph, name: str) -> bool:
     """A float constant with more than one element: a learned tensor, not a shape or scalar."""
     value = graph.const(name)
     return value is not None and np.issubdtype(value.dtype, np.floating) and value.size > 1

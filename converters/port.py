@@ -35,19 +35,7 @@ def _mismatch(target: TargetLayer, group: ParamGroup | None, why: str) -> Weight
     )
 
 
-def _check_shapes(target: TargetLayer, group: ParamGroup) -> None:
-    for key, want in target.shapes.items():
-        have = group.tensors.get(key)
-        if key in ("bias",) and (want is None or have is None):
-            continue  # absent biases are handled by the writers (zeros, or folded into BatchNorm)
-        if key == "var" and have is None and group.attrs.get("folded_statistics"):
-            continue
-        if want is None or have is None or tuple(have.shape) != tuple(want):
-            raise _mismatch(target, group, f"{key} shape {None if have is None else tuple(have.shape)} "
-                                           f"was expected to be {want}")
-
-
-def _folded_batchnorm(target: TargetLayer, conv_bias: np.ndarray | None) -> dict[str, np.ndarray]:
+def _folded_batchnorm(target: TargetLayer, conv_bias: np.ndarray | None) -> dict[str, np.ndarray | None]:
     """An identity BatchNorm (gamma 1, mean 0, var 1-eps) carrying a folded conv bias as beta."""
     c = target.shapes["gamma"][0]  # type: ignore[index]
     eps = float(target.hyper["epsilon"])
@@ -55,56 +43,96 @@ def _folded_batchnorm(target: TargetLayer, conv_bias: np.ndarray | None) -> dict
             "mean": np.zeros(c, np.float32), "var": np.full(c, 1.0 - eps, np.float32)}
 
 
+def _adapt(target: TargetLayer, group: ParamGroup) -> tuple[dict[str, np.ndarray | None] | None, str]:
+    """The group's tensors shaped for ``target``, or None and the reason they do not fit."""
+    if group.kind != target.kind:
+        return None, f"expected a {target.kind} layer"
+    tensors = dict(group.tensors)
+    w = tensors.get("weight")
+    want_w = target.shapes.get("weight")
+    if w is not None and want_w is not None and w.ndim == len(want_w) + 1 and w.shape[2] == 1:
+        tensors["weight"] = w.squeeze(2)  # tf2onnx writes Conv1D as a 4-D Conv over (1, L)
+    for key, want in target.shapes.items():
+        have = tensors.get(key)
+        if key == "bias" and (want is None or have is None):
+            continue  # absent biases are handled by the writers (zeros, or folded into BatchNorm)
+        if key == "var" and have is None and group.attrs.get("folded_statistics"):
+            continue
+        if want is None or have is None or tuple(have.shape) != tuple(want):
+            return None, f"{key} shape {None if have is None else tuple(have.shape)} was expected to be {want}"
+    return tensors, ""
+
+
+def _take(target: TargetLayer, remaining: list[ParamGroup]) -> tuple[ParamGroup, dict[str, np.ndarray | None]]:
+    """The first remaining group (in graph order) that fits ``target``.
+
+    Graph order and the target's forward order agree for sequential models; for
+    branches (shortcuts) a later group of the right kind and shapes is taken instead.
+    """
+    for group in remaining:
+        tensors, _ = _adapt(target, group)
+        if tensors is not None:
+            remaining.remove(group)
+            return group, tensors
+    same_kind = next((g for g in remaining if g.kind == target.kind), None)
+    first = same_kind or (remaining[0] if remaining else None)
+    why = _adapt(target, first)[1] if first is not None else ""
+    raise _mismatch(target, first, why or f"expected a {target.kind} layer")
+
+
 def port_graph(graph: Graph, targets: list[TargetLayer], source: str, framework: str) -> PortReport:
     groups = param_groups(graph)
     report = PortReport(source=source, target_framework=framework)
-    j = 0
-    i = 0
-    while i < len(targets):
-        target = targets[i]
-        group = groups[j] if j < len(groups) else None
-        if group is None or group.kind != target.kind:
-            raise _mismatch(target, group, f"expected a {target.kind} layer")
-        _check_shapes(target, group)
-        tensors = dict(group.tensors)
-        folded_stats = bool(group.attrs.get("folded_statistics"))
-        if folded_stats:  # x*scale+shift: variance 1-eps makes the target's division by sqrt(var+eps) exact
-            tensors["var"] = np.full(target.shapes["var"][0], 1.0 - float(target.hyper["epsilon"]), np.float32)  # type: ignore[index]
+    remaining = list(groups)
+    folded: dict[int, tuple[ParamGroup, np.ndarray | None]] = {}  # target index -> (conv group, bias for beta)
+    for i, target in enumerate(targets):
+        if i in folded:
+            group, bias = folded.pop(i)
+            target.write(_folded_batchnorm(target, bias), {})
+            report.layers.append(LayerPort(
+                target.name, "batchnorm", group.nodes, "identity (gamma 1, mean 0, var 1-eps)"
+                + (", beta = folded bias" if bias is not None else ""), "inference-only",
+                "statistics were folded into the preceding layer by the exporter; export losslessly to keep them"))
+            continue
+        group, tensors = _take(target, remaining)
         nxt = targets[i + 1] if i + 1 < len(targets) else None
-        next_group = groups[j + 1] if j + 1 < len(groups) else None
-        folded_bn = (target.kind == "conv" and nxt is not None and nxt.kind == "batchnorm"
-                     and (next_group is None or next_group.kind != "batchnorm"))
+        folded_bn = (target.kind in ("conv", "dense", "convtranspose") and nxt is not None
+                     and nxt.kind == "batchnorm" and not group.attrs.get("norm_follows", True))
         bias_for_bn = None
         if folded_bn and target.shapes.get("bias") is None:
             bias_for_bn, tensors["bias"] = tensors.get("bias"), None
         elif target.shapes.get("bias") is None and tensors.get("bias") is not None and np.any(tensors["bias"]):
             raise _mismatch(target, group, "the source layer has a non-zero bias but the target layer has none")
-        if target.shapes.get("bias") is not None and group.tensors.get("bias") is None:
+        if target.shapes.get("bias") is not None and group.tensors.get("bias") is None and not folded_bn:
             report.warnings.append(f"{target.name}: the graph has no bias for {group.label} "
                                    "(exporters drop all-zero biases); set to zero")
+        folded_stats = bool(group.attrs.get("folded_statistics"))
+        if folded_stats:  # x*scale+shift: variance 1-eps makes the target's division by sqrt(var+eps) exact
+            tensors["var"] = np.full(target.shapes["var"][0], 1.0 - float(target.hyper["epsilon"]), np.float32)  # type: ignore[index]
         transform = target.write(tensors, group.attrs)
-        status = "inference-only" if folded_bn or folded_stats else "exact"
-        note = f"BatchNorm {nxt.name!r} folded into this conv by the exporter" if folded_bn and nxt else ""
-        if folded_stats:
+        status, note = "exact", ""
+        if folded_bn and nxt is not None:
+            status, note = "inference-only", f"BatchNorm {nxt.name!r} was folded into this layer by the exporter"
+            folded[i + 1] = (group, bias_for_bn)
+        elif folded_stats:
+            status = "inference-only"
             note = "the exporter folded mean/variance into a per-channel scale and shift; ported as gamma/beta"
+        elif target.kind == "lstm" and framework == "torch":
+            b = group.tensors["B"]
+            gates = b.shape[1] // 2  # type: ignore[union-attr]
+            if not np.any(b[:, gates:]):  # type: ignore[index]
+                status = "inference-only"
+                note = ("the source has one bias per gate (Keras); torch's b_ih carries it and b_hh is zero, "
+                        "so training moves the sum twice as fast")
         report.layers.append(LayerPort(target.name, target.kind, group.nodes, transform, status, note))
         for name in group.sources:
             report.consumed_initializers[name] = report.consumed_initializers.get(name, 0) + 1
-        if folded_bn and nxt is not None:
-            nxt.write(_folded_batchnorm(nxt, bias_for_bn), {})
-            report.layers.append(LayerPort(
-                nxt.name, "batchnorm", group.nodes, "identity (gamma 1, mean 0, var 1-eps)"
-                + (", beta = folded conv bias" if bias_for_bn is not None else ""), "inference-only",
-                "statistics were folded into the preceding conv by the exporter; export losslessly to keep them"))
-            i += 1
-        i += 1
-        j += 1
-    if j < len(groups):
-        extra = groups[j]
+    if remaining:
+        extra = remaining[0]
         last = targets[-1].name if targets else "(none)"
         raise WeightMappingError(
             f"first mismatching layer: ONNX {extra.label} [{_shape_text(extra.shapes())}] has no counterpart in "
-            f"the target: its parametric layers ended at {last!r}. The source has more layers than the target"
+            f"the target (its parametric layers end at {last!r}): the source has more layers than the target"
         )
     _account_initializers(graph, report)
     return report

@@ -117,9 +117,12 @@ def export_keras(
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
-            proto, _ = tf2onnx.convert.from_function(tf.function(call), input_signature=signature, opset=OPSET)
-        _rename_outputs(proto, output_names)
+            proto, _ = tf2onnx.convert.from_function(tf.function(call), input_signature=signature, opset=OPSET,
+                                                     custom_op_handlers={"Erfc": (_erfc_as_erf, [])})
         import onnx
+
+        _reject_unconverted_ops(proto, model.name)
+        _rename_outputs(proto, output_names)
 
         onnx.save(proto, str(tmp))
         check_onnx(tmp)
@@ -131,6 +134,35 @@ def export_keras(
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _reject_unconverted_ops(proto: Any, model_name: str) -> None:
+    """tf2onnx leaves TF ops it cannot convert in the graph under their TF names."""
+    import onnx
+
+    bad = [(n.op_type, n.name) for n in proto.graph.node if n.domain in ("", "ai.onnx")
+           and not onnx.defs.has(n.op_type)]
+    if bad:
+        ops = ", ".join(sorted({op for op, _ in bad}))
+        hint = (" (a StatefulPartitionedCall is a layer TensorFlow compiles separately, e.g. a grouped, "
+                "non-depthwise Conv2D that only runs under XLA; use groups=1 or a DepthwiseConv2D)"
+                if any(op == "StatefulPartitionedCall" for op, _ in bad) else "")
+        raise ConversionError(
+            f"tf2onnx export of Keras model {model_name!r} left TensorFlow ops that ONNX does not have: {ops} "
+            f"at node {bad[0][1]!r}{hint}"
+        )
+
+
+def _erfc_as_erf(ctx: Any, node: Any, name: str, args: Any) -> None:
+    """tf2onnx passes TF's Erfc through unchanged, and ONNX has no Erfc: Keras's exact
+    GELU would not export. Rewrite erfc(x) as 1 - erf(x)."""
+    from tf2onnx import utils
+
+    node.type = "Erf"
+    out = node.output[0]
+    dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(out))
+    one = ctx.make_const(utils.make_name(f"{node.name}_one"), np.array(1.0, dtype=dtype))
+    ctx.insert_new_node_on_output("Sub", out, inputs=[one.output[0], out], name=utils.make_name(f"{node.name}_erfc"))
 
 
 def _rename_outputs(proto: Any, output_names: Sequence[str]) -> None:

@@ -98,27 +98,18 @@ def _other_input(node: Any, tensor: str) -> str:
     return node.input[1] if node.input[0] == tensor else node.input[0]
 
 
-def _bias_after(graph: Graph, output: str, channels: int, claimed: set[str],
-                spatial: int | None = None) -> tuple[np.ndarray | None, Any | None, str]:
-    """A constant bias added right after a MatMul/Conv, possibly behind a Reshape
-    (tf2onnx's Tensordot for Dense on >=3-D inputs). Returns (bias, add node, output)."""
-    node = graph.only_consumer(output)
-    if node is not None and node.op_type == "Reshape" and spatial is None:
-        reshaped = node.output[0]
-        node = graph.only_consumer(reshaped)
-        if node is None or node.op_type != "Add":
-            return None, None, output
-        output_in = reshaped
-    else:
-        output_in = output
+def _bias_after(graph: Graph, output: str, channels: int, claimed: set[str]) -> tuple[np.ndarray | None, Any | None, str]:
+    """A constant per-channel bias added right after a MatMul/Conv, possibly behind one
+    layout op (tf2onnx's Tensordot Reshape for Dense on >=3-D inputs, the Squeeze of
+    Conv1D). Returns (bias, add node, the tensor leaving the group)."""
+    node, tensor = graph.only_consumer(output), output
+    if node is not None and node.op_type in ("Reshape", "Squeeze", "Unsqueeze", "Transpose"):
+        tensor = node.output[0]
+        node = graph.only_consumer(tensor)
     if node is None or node.op_type != "Add":
         return None, None, output
-    value = _float_const(graph, _other_input(node, output_in))
-    if value is None or value.size != channels:
-        return None, None, output
-    if spatial is not None and value.ndim > 1 and value.shape[-spatial - 1] != channels:
-        return None, None, output  # a conv bias broadcasts over channels only: (1, M, 1, 1)
-    if spatial is None and value.ndim >= 1 and value.shape[-1] != channels:
+    value = _float_const(graph, _other_input(node, tensor))
+    if value is None or value.size != channels or (value.ndim > 1 and sum(d > 1 for d in value.shape) != 1):
         return None, None, output
     claimed.add(node_name(node))
     return _f32(value.reshape(channels)), node, node.output[0]
@@ -192,7 +183,7 @@ def _conv_like(kind: str, graph: Graph, node: Any, claimed: set[str]) -> ParamGr
     nodes, output = [node_name(node)], node.output[0]
     sources = _sources(graph, node.input[1], bias_name)
     if bias is None:
-        bias, add, output = _bias_after(graph, node.output[0], channels, claimed, spatial=w.ndim - 2)
+        bias, add, output = _bias_after(graph, node.output[0], channels, claimed)
         if add is not None:
             nodes.append(node_name(add))
             sources |= _sources(graph, *add.input)

@@ -23,50 +23,40 @@ def randomize(model: Any, framework: str, seed: int = 0) -> None:
         raise ValueError(f"unknown framework {framework!r}")
 
 
-def _stats(rng: np.random.Generator, c: int) -> dict[str, np.ndarray]:
-    return {
-        "gamma": rng.uniform(0.5, 1.5, c).astype(np.float32),
-        "beta": rng.uniform(-0.5, 0.5, c).astype(np.float32),
-        "mean": rng.uniform(-0.5, 0.5, c).astype(np.float32),
-        # small variances make an epsilon mix-up (1e-3 vs 1e-5) visible in the outputs
-        "var": rng.uniform(0.05, 1.5, c).astype(np.float32),
-    }
+_RANGES = {  # parameter role -> uniform range
+    "bias": (-0.1, 0.1),
+    "gamma": (0.5, 1.5),
+    "beta": (-0.5, 0.5),
+    "mean": (-0.5, 0.5),
+    # small variances make an epsilon mix-up (1e-3 vs 1e-5) visible in the outputs
+    "var": (0.05, 1.5),
+}
+
+
+def _draw(rng: np.random.Generator, role: str, shape: tuple[int, ...]) -> np.ndarray:
+    low, high = _RANGES[role]
+    return rng.uniform(low, high, shape).astype(np.float32)
 
 
 def _randomize_torch(model: Any, rng: np.random.Generator) -> None:
     import torch
     from torch import nn
 
+    norms = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
     with torch.no_grad():
         for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine:
-                s = _stats(rng, module.num_features)
-                module.weight.copy_(torch.from_numpy(s["gamma"]))
-                module.bias.copy_(torch.from_numpy(s["beta"]))
-                module.running_mean.copy_(torch.from_numpy(s["mean"]))
-                module.running_var.copy_(torch.from_numpy(s["var"]))
-            elif getattr(module, "bias", None) is not None and isinstance(module.bias, torch.nn.Parameter):
-                module.bias.copy_(torch.from_numpy(rng.uniform(-0.1, 0.1, module.bias.shape).astype(np.float32)))
+            roles: dict[str, str] = {}
+            if isinstance(module, norms):
+                roles = {"weight": "gamma", "bias": "beta", "running_mean": "mean", "running_var": "var"}
+            for name, tensor in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
+                role = roles.get(name) or ("bias" if name.startswith("bias") else None)
+                if role is not None and tensor.is_floating_point():
+                    tensor.copy_(torch.from_numpy(_draw(rng, role, tuple(tensor.shape))))
 
 
 def _randomize_keras(model: Any, rng: np.random.Generator) -> None:
-    import keras
-
-    for layer in _all_layers(model):
-        if isinstance(layer, keras.layers.BatchNormalization):
-            s = _stats(rng, int(layer.gamma.shape[0]))
-            for var, key in ((layer.gamma, "gamma"), (layer.beta, "beta"), (layer.moving_mean, "mean"),
-                             (layer.moving_variance, "var")):
-                if var is not None:
-                    var.assign(s[key])
-        elif getattr(layer, "use_bias", False) and getattr(layer, "bias", None) is not None:
-            layer.bias.assign(rng.uniform(-0.1, 0.1, tuple(layer.bias.shape)).astype(np.float32))
-
-
-def _all_layers(model: Any) -> list[Any]:
-    import keras
-
-    out = []
-    for layer in model.layers:
-        out.extend(_all_layers(layer) if isinstance(layer, keras.Model) else [layer])
-    return out
+    roles = {"bias": "bias", "gamma": "gamma", "beta": "beta", "moving_mean": "mean", "moving_variance": "var"}
+    for var in model.weights:
+        role = roles.get(var.name.split("/")[-1].split(":")[0])
+        if role is not None:
+            var.assign(_draw(rng, role, tuple(int(d) for d in var.shape)))

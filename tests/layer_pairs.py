@@ -227,3 +227,25 @@ PAIRS: dict[str, Callable[[], Pair]] = {
                             conv_transpose2d, batchnorm1d, batchnorm2d, layernorm, groupnorm, embedding, lstm, gru,
                             mixed_parameter_free)
 }
+
+
+def attention() -> Pair:
+    """Self-attention, batch_first; torch packs Q, K, V into one projection, Keras has three."""
+    import keras
+    import torch
+    from torch import nn
+
+    class SelfAttention(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.mha = nn.MultiheadAttention(8, 2, batch_first=True)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.mha(x, x, x, need_weights=False)[0]
+
+    x = inp = keras.Input((5, 8))
+    out = keras.layers.MultiHeadAttention(2, 4, name="mha")(x, x)
+    return Pair(SelfAttention(), keras.Model(inp, out), _rng().standard_normal((3, 5, 8)).astype(np.float32), "NLC")
+
+
+PAIRS["attention"] = attention

@@ -169,9 +169,37 @@ def _rnn(layer: Any) -> TargetLayer:
                        {"bidirectional": bidirectional, "reset_after": reset_after, "use_bias": cell.use_bias}, write)
 
 
+def _attention(layer: Any) -> TargetLayer:
+    parts = {"q": layer.query_dense, "k": layer.key_dense, "v": layer.value_dense}
+    e_q = _shape(parts["q"].kernel)[0]
+    shapes: dict[str, tuple[int, ...] | None] = {}
+    for name, dense in parts.items():
+        kshape = _shape(dense.kernel)  # (E_in, heads, head_dim)
+        shapes[f"{name}_kernel"] = (kshape[0], int(np.prod(kshape[1:])))
+        shapes[f"{name}_bias"] = (int(np.prod(kshape[1:])),) if dense.bias is not None else None
+    out_shape = _shape(layer.output_dense.kernel)  # (heads, head_dim, E)
+    shapes["out_kernel"] = (int(np.prod(out_shape[:-1])), out_shape[-1])
+    shapes["out_bias"] = (out_shape[-1],) if layer.output_dense.bias is not None else None
+
+    def write(t: Tensors, attrs: dict[str, Any]) -> str:
+        for name, dense in parts.items():
+            _set(dense.kernel, t[f"{name}_kernel"])  # type: ignore[arg-type]  # (E, heads*hd) -> (E, heads, hd)
+            if dense.bias is not None:
+                _set(dense.bias, t[f"{name}_bias"])  # type: ignore[arg-type]
+        _set(layer.output_dense.kernel, t["out_kernel"])  # type: ignore[arg-type]
+        if layer.output_dense.bias is not None:
+            _set(layer.output_dense.bias, t["out_bias"])  # type: ignore[arg-type]
+        return "kernels reshaped (E, heads, head_dim); output (heads, head_dim, E)"
+
+    return TargetLayer(layer.name, "attention", "tf", layer, shapes,
+                       {"heads": layer.num_heads, "key_dim": layer.key_dim, "embed": e_q}, write)
+
+
 def _describe(layer: Any) -> TargetLayer | None:
     L = keras.layers
     t = type(layer)
+    if t is L.MultiHeadAttention:
+        return _attention(layer)
     if t is L.Dense:
         return _dense(layer)
     if t is L.DepthwiseConv2D:
@@ -197,7 +225,7 @@ def _describe(layer: Any) -> TargetLayer | None:
 
 SUPPORTED = ("Dense", "Conv1D", "Conv2D", "DepthwiseConv2D", "Conv1DTranspose", "Conv2DTranspose",
              "BatchNormalization", "LayerNormalization", "GroupNormalization", "Embedding", "LSTM", "GRU",
-             "Bidirectional(LSTM|GRU)")
+             "Bidirectional(LSTM|GRU)", "MultiHeadAttention")
 
 
 def _flatten(layers: list[Any]) -> list[Any]:

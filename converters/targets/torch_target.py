@@ -142,7 +142,34 @@ def _rnn(name: str, m: nn.LSTM | nn.GRU) -> list[TargetLayer]:
     return layers
 
 
+def _attention(name: str, m: nn.MultiheadAttention) -> list[TargetLayer]:
+    if not m._qkv_same_embed_dim:
+        raise UnsupportedLayerError(f"torch layer {name!r}: MultiheadAttention with kdim/vdim != embed_dim is not "
+                                    "supported")
+    e = m.embed_dim
+    has_bias = m.in_proj_bias is not None
+    shapes: dict[str, tuple[int, ...] | None] = {}
+    for part in "qkv":
+        shapes[f"{part}_kernel"] = (e, e)
+        shapes[f"{part}_bias"] = (e,) if has_bias else None
+    shapes["out_kernel"] = (e, e)
+    shapes["out_bias"] = (e,) if m.out_proj.bias is not None else None
+
+    def write(t: Tensors, attrs: dict[str, Any]) -> str:
+        _set(m.in_proj_weight, np.concatenate([t[f"{p}_kernel"].T for p in "qkv"]))  # type: ignore[union-attr]
+        if has_bias:
+            _set(m.in_proj_bias, np.concatenate([t[f"{p}_bias"] for p in "qkv"]))  # type: ignore[arg-type]
+        _set(m.out_proj.weight, t["out_kernel"].T)  # type: ignore[union-attr]
+        _set_bias(m.out_proj.bias, t["out_bias"])
+        return "in_proj = [Wq; Wk; Wv] (transposed), out_proj = Wo.T"
+
+    return [TargetLayer(name, "attention", "torch", m, shapes,
+                        {"heads": m.num_heads, "batch_first": m.batch_first, "embed": e}, write)]
+
+
 def _describe(name: str, m: nn.Module) -> list[TargetLayer]:
+    if isinstance(m, nn.MultiheadAttention):
+        return _attention(name, m)
     kinds: list[tuple[type | tuple[type, ...], Callable[..., list[TargetLayer]]]] = [
         (nn.Linear, _dense), ((nn.Conv1d, nn.Conv2d), _conv), ((nn.ConvTranspose1d, nn.ConvTranspose2d), _conv_transpose),
         ((nn.BatchNorm1d, nn.BatchNorm2d), _batchnorm), (nn.Embedding, _embedding), ((nn.LSTM, nn.GRU), _rnn),
@@ -163,7 +190,7 @@ def _describe(name: str, m: nn.Module) -> list[TargetLayer]:
     return []
 
 
-SUPPORTED = ("Linear", "Conv1d", "Conv2d", "ConvTranspose1d", "ConvTranspose2d", "BatchNorm1d", "BatchNorm2d",
+SUPPORTED = ("MultiheadAttention", "Linear", "Conv1d", "Conv2d", "ConvTranspose1d", "ConvTranspose2d", "BatchNorm1d", "BatchNorm2d",
              "LayerNorm", "GroupNorm", "Embedding", "LSTM", "GRU")
 
 
@@ -184,7 +211,9 @@ def torch_layers(model: nn.Module, inputs: Sequence[np.ndarray] | None = None) -
         seen = list(dict.fromkeys(calls))
         order = seen + [n for n in order if n not in seen]
     modules = dict(named)
+    owned = [n + "." for n, m in named if isinstance(m, nn.MultiheadAttention)]  # out_proj belongs to its MHA
     layers: list[TargetLayer] = []
     for n in order:
-        layers.extend(_describe(n, modules[n]))
+        if not any(n.startswith(prefix) for prefix in owned):
+            layers.extend(_describe(n, modules[n]))
     return layers

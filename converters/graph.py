@@ -126,7 +126,7 @@ def fold(model: Any) -> Graph:
         ins = [i for i in node.input if i]
         if node.op_type not in _NOT_FOLDABLE and node.domain in ("", "ai.onnx") and ins and all(
             i in consts for i in ins
-        ):
+        ) and not _is_table_lookup(node, consts):
             try:
                 values = _evaluate(node, consts, onnx, opset)
             except Exception:
@@ -152,6 +152,15 @@ def fold(model: Any) -> Graph:
             if i:
                 graph.consumers.setdefault(i, []).append(node)
     return graph
+
+
+def _is_table_lookup(node: Any, consts: dict[str, np.ndarray]) -> bool:
+    """Gather from a float table (an embedding looked up at constant positions) stays a
+    node: folding it would keep only the rows used at export time, not the table."""
+    if node.op_type != "Gather":
+        return False
+    table = consts[node.input[0]]
+    return bool(np.issubdtype(table.dtype, np.floating) and table.ndim == 2 and table.shape[0] > 1)
 
 
 def _infer_folded_shapes(model: Any, nodes: list[Any], consts: dict[str, np.ndarray]) -> list[Any]:

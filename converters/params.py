@@ -462,6 +462,10 @@ def param_groups(graph: Graph) -> list[ParamGroup]:
         if group is not None:
             groups.append(group)
             continue
+        raw = _raw_tensor(graph, node, claimed) if node.op_type in _RAW_OPS else None
+        if raw is not None:
+            groups.append(raw)
+            continue
         weights = [i for i in node.input if is_weight(graph, i)]
         if weights:
             shapes = {w: tuple(graph.consts[w].shape) for w in weights}
@@ -609,7 +613,8 @@ def _fuse_attention(graph: Graph, groups: list[ParamGroup]) -> list[ParamGroup]:
             continue
         used |= set(ids)
         fused[min(ids)] = ParamGroup(
-            "attention", [n for g in members for n in g.nodes], tensors, {"packed": len(members) == 2},
+            "attention", [n for g in members for n in g.nodes], tensors,
+            {"packed": len(members) == 2, "members": members},
             frozenset().union(*(g.sources for g in members)), input=members[0].input, output=out.output)
     if not fused:
         return groups
@@ -620,6 +625,31 @@ def _fuse_attention(graph: Graph, groups: list[ParamGroup]) -> list[ParamGroup]:
         elif i not in used:
             result.append(g)
     return result
+
+
+def unfuse_attention(groups: list[ParamGroup]) -> list[ParamGroup]:
+    """Back to separate projections (in q, k, v, output order), for targets that spell
+    attention out with dense layers."""
+    out: list[ParamGroup] = []
+    for g in groups:
+        out.extend(g.attrs["members"] if g.kind == "attention" else [g])
+    return out
+
+
+_RAW_OPS = {"Add", "Concat", "Expand", "Tile", "Sub", "Mul", "Where"}
+
+
+def _raw_tensor(graph: Graph, node: Any, claimed: set[str]) -> ParamGroup | None:
+    """A learned tensor used as is (class token, position table): copied with its shape."""
+    weights = [i for i in node.input if is_weight(graph, i)]
+    if len(weights) != 1:
+        return None
+    value = graph.consts[weights[0]]
+    if node.op_type in ("Add", "Sub", "Mul", "Where") and sum(d > 1 for d in value.shape) < 2:
+        return None  # a per-channel constant on an Add/Mul is a bias or scale no rule claimed
+    data = next((i for i in node.input if i and i not in graph.consts), "")
+    return ParamGroup("tensor", [node_name(node)], {"value": _f32(value)}, {"op": node.op_type},
+                      _sources(graph, weights[0]), input=data, output=node.output[0])
 
 
 def _mark_followed_by_norm(groups: list[ParamGroup]) -> None:

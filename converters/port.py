@@ -17,7 +17,7 @@ import numpy as np
 
 from converters.errors import WeightMappingError
 from converters.graph import Graph, fold, load_onnx
-from converters.params import ParamGroup, param_groups
+from converters.params import ParamGroup, param_groups, unfuse_attention
 from converters.report import LayerPort, PortReport
 from converters.targets import TargetLayer, framework_of, target_layers
 
@@ -82,6 +82,8 @@ def _take(target: TargetLayer, remaining: list[ParamGroup]) -> tuple[ParamGroup,
 
 def port_graph(graph: Graph, targets: list[TargetLayer], source: str, framework: str) -> PortReport:
     groups = param_groups(graph)
+    if not any(t.kind == "attention" for t in targets):
+        groups = unfuse_attention(groups)  # the target spells attention out with dense layers
     report = PortReport(source=source, target_framework=framework)
     remaining = list(groups)
     folded: dict[int, tuple[ParamGroup, np.ndarray | None]] = {}  # target index -> (conv group, bias for beta)

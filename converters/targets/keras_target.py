@@ -245,9 +245,16 @@ def keras_layers(model: Any) -> list[TargetLayer]:
         described = _describe(layer)
         if described is not None:
             layers.append(described)
-        elif layer.weights:
-            raise UnsupportedLayerError(
-                f"Keras layer {layer.name!r} ({type(layer).__name__}) has weights no rule handles; "
-                f"supported: {', '.join(SUPPORTED)}"
-            )
+        else:
+            layers.extend(_raw(layer, w) for w in layer.trainable_weights)
     return layers
+
+
+def _raw(layer: Any, var: Any) -> TargetLayer:
+    """A weight of a layer no rule knows (class token, position table): copied as is,
+    so the source must hold a tensor of exactly this shape at this point of the graph."""
+    def write(t: Tensors, attrs: dict[str, Any]) -> str:
+        _set(var, t["value"])  # type: ignore[arg-type]
+        return "copy (raw tensor)"
+
+    return TargetLayer(f"{layer.name}/{var.name}", "tensor", "tf", var, {"value": _shape(var)}, {}, write)

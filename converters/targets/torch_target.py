@@ -181,13 +181,17 @@ def _describe(name: str, m: nn.Module) -> list[TargetLayer]:
         return _norm_affine("layernorm", name, m, {"epsilon": m.eps})
     if isinstance(m, nn.GroupNorm):
         return _norm_affine("groupnorm", name, m, {"epsilon": m.eps, "groups": m.num_groups})
-    own = list(m.parameters(recurse=False)) + [b for b in m.buffers(recurse=False)]
-    if own:
-        raise UnsupportedLayerError(
-            f"torch layer {name!r} ({type(m).__name__}) has parameters no rule handles; supported: "
-            f"{', '.join(SUPPORTED)}"
-        )
-    return []
+    return [_raw(name, pname, p) for pname, p in m.named_parameters(recurse=False)]
+
+
+def _raw(name: str, pname: str, p: torch.Tensor) -> TargetLayer:
+    """A parameter of a module no rule knows (class token, position table): copied as is,
+    so the source must hold a tensor of exactly this shape at this point of the graph."""
+    def write(t: Tensors, attrs: dict[str, Any]) -> str:
+        _set(p, t["value"])  # type: ignore[arg-type]
+        return "copy (raw tensor)"
+
+    return TargetLayer(f"{name}.{pname}", "tensor", "torch", p, {"value": tuple(p.shape)}, {}, write)
 
 
 SUPPORTED = ("MultiheadAttention", "Linear", "Conv1d", "Conv2d", "ConvTranspose1d", "ConvTranspose2d", "BatchNorm1d", "BatchNorm2d",

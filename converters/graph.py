@@ -104,7 +104,7 @@ def fold(model: Any) -> Graph:
     from onnx import numpy_helper, shape_inference
 
     try:
-        model = shape_inference.infer_shapes(model)
+        model = shape_inference.infer_shapes(model, data_prop=True)
     except Exception:  # shapes are a help for tracing, not a requirement
         pass
     g = model.graph
@@ -115,8 +115,23 @@ def fold(model: Any) -> Graph:
         consts[init.name] = numpy_helper.to_array(init)
         provenance[init.name] = frozenset([init.name])
     graph_inputs = [i.name for i in g.input if i.name not in consts]
+    known = {vi.name: _dims(vi) for vi in [*g.value_info, *g.input]}
+    elem = {vi.name: vi.type.tensor_type.elem_type for vi in [*g.value_info, *g.input]}
     remaining: list[Any] = []
     for node in g.node:
+        if node.op_type == "Shape" and node.input[0] not in consts:
+            value = _static_shape(node, known.get(node.input[0]))
+            if value is not None:  # the dims asked for are static although the batch is not
+                consts[node.output[0]] = value
+                provenance[node.output[0]] = frozenset()
+                continue
+        if node.op_type == "CastLike" and node.input[0] in consts and node.input[1] not in consts \
+                and elem.get(node.input[1]):
+            # only the second input's type matters, and shape inference knows it
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(elem[node.input[1]])
+            consts[node.output[0]] = consts[node.input[0]].astype(dtype)
+            provenance[node.output[0]] = provenance[node.input[0]]
+            continue
         if node.op_type == "Constant":
             value = _constant_value(node)
             if value is not None:
@@ -152,6 +167,26 @@ def fold(model: Any) -> Graph:
             if i:
                 graph.consumers.setdefault(i, []).append(node)
     return graph
+
+
+def _dims(vi: Any) -> tuple[int | None, ...] | None:
+    if not vi.type.tensor_type.HasField("shape"):
+        return None
+    return tuple(d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim)
+
+
+def _static_shape(node: Any, dims: tuple[int | None, ...] | None) -> np.ndarray | None:
+    """Fold Shape(x)[start:end] when those dims of x are known."""
+    if dims is None:
+        return None
+    attrs = {a.name: a.i for a in node.attribute}
+    rank = len(dims)
+    start, end = attrs.get("start", 0), attrs.get("end", rank)
+    start, end = (start + rank if start < 0 else start), (end + rank if end < 0 else end)
+    part = dims[max(0, start):min(rank, end)]
+    if not part or any(d is None for d in part):
+        return None
+    return np.asarray(part, dtype=np.int64)
 
 
 def _is_table_lookup(node: Any, consts: dict[str, np.ndarray]) -> bool:

@@ -35,6 +35,18 @@ def reorder_flatten_rows(kernel: np.ndarray, order: str, dims: tuple[int, ...], 
     return np.ascontiguousarray(grid.transpose(perm).reshape(-1, out))
 
 
+def reorder_unflatten_columns(kernel: np.ndarray, bias: np.ndarray | None, order: str, dims: tuple[int, ...],
+                              target_order: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """Permute the output columns (and bias) of a dense kernel (in, out) whose output is
+    reshaped into a feature map; ``dims`` are the map's dims in ``order``."""
+    if order == target_order:
+        return kernel, bias
+    moved = reorder_flatten_rows(np.ascontiguousarray(kernel.T), order, dims, target_order).T
+    if bias is not None:
+        bias = reorder_flatten_rows(bias[:, None], order, dims, target_order)[:, 0]
+    return np.ascontiguousarray(moved), bias
+
+
 def dense_to_torch(kernel: np.ndarray) -> np.ndarray:
     """(in, out) -> torch Linear weight (out, in)."""
     return np.ascontiguousarray(kernel.T)

@@ -138,6 +138,31 @@ def _flatten_origin(graph: Graph, tensor: str, in_features: int) -> tuple[str, t
     return "CHW", dims
 
 
+def _unflatten_target(graph: Graph, tensor: str, out_features: int) -> tuple[str, tuple[int, ...]] | None:
+    """If a dense output is reshaped into a feature map, the order its columns fill it:
+    "CHW" (torch's view(C, H, W)) or "HWC" (Keras's Reshape((H, W, C)), which tf2onnx
+    follows with a Transpose to channels-first)."""
+    users = [u for u in graph.consumers.get(tensor, []) if u.op_type not in ("Shape",)]
+    node = users[0] if len(users) == 1 else None
+    while node is not None and node.op_type in ("Relu", "Identity", "Cast", "Sigmoid", "Tanh"):
+        users = graph.consumers.get(node.output[0], [])
+        node = users[0] if len(users) == 1 else None
+    if node is None or node.op_type != "Reshape":
+        return None
+    shape = graph.shapes.get(node.output[0])
+    if shape is None or len(shape) < 4 or any(d is None for d in shape[1:]):
+        return None
+    dims = tuple(int(d) for d in shape[1:])
+    if int(np.prod(dims)) != out_features:
+        return None
+    users = graph.consumers.get(node.output[0], [])
+    if len(users) == 1 and users[0].op_type == "Transpose":
+        perm = tuple(attrs_of(users[0]).get("perm", ()))
+        if perm == (0, len(shape) - 1, *range(1, len(shape) - 1)):
+            return "HWC", dims
+    return "CHW", dims
+
+
 def _dense_group(graph: Graph, node: Any, kernel: np.ndarray, bias: np.ndarray | None, sources: frozenset[str],
                  claimed: set[str]) -> ParamGroup:
     nodes = [node_name(node)]
@@ -148,7 +173,8 @@ def _dense_group(graph: Graph, node: Any, kernel: np.ndarray, bias: np.ndarray |
             nodes.append(node_name(add))
             sources |= _sources(graph, *add.input)
     return ParamGroup("dense", nodes, {"kernel": _f32(kernel), "bias": bias},
-                      {"flatten": _flatten_origin(graph, node.input[0], kernel.shape[0])},
+                      {"flatten": _flatten_origin(graph, node.input[0], kernel.shape[0]),
+                       "unflatten": _unflatten_target(graph, output, kernel.shape[1])},
                       sources, input=node.input[0], output=output)
 
 
@@ -291,15 +317,12 @@ def _rnn(kind: str, graph: Graph, node: Any) -> ParamGroup | None:
     if b is None:
         b = np.zeros((dirs, 2 * gates * hidden), np.float32)
     a = attrs_of(node)
-    if len(node.input) > 4 and node.input[4]:
-        lens = graph.const(node.input[4])
-        if lens is None:
-            raise UnsupportedLayerError(f"{kind.upper()} node {node_name(node)} uses sequence_lens; not supported")
     if kind == "lstm" and len(node.input) > 7 and node.input[7]:
         raise UnsupportedLayerError(f"LSTM node {node_name(node)} has peephole weights; not supported")
     acts = [s.lower() for s in a.get("activations", [])]
     attrs = {"direction": a.get("direction", "forward"), "hidden": int(hidden), "activations": acts,
-             "linear_before_reset": int(a.get("linear_before_reset", 0)), "layout": int(a.get("layout", 0))}
+             "linear_before_reset": int(a.get("linear_before_reset", 0)), "layout": int(a.get("layout", 0)),
+             "sequence_lens": len(node.input) > 4 and bool(node.input[4])}  # masking; weights unaffected
     return ParamGroup(kind, [node_name(node)], {"W": _f32(w), "R": _f32(r), "B": _f32(b)}, attrs,
                       _sources(graph, node.input[1], node.input[2], b_name), input=node.input[0],
                       output=node.output[0])

@@ -170,30 +170,40 @@ def port_weights(
     *,
     exporter: str = "dynamo",
     lossless: bool = False,
+    strict: bool = False,
     target_inputs: Sequence[np.ndarray] | None = None,
     onnx_path: str | Path | None = None,
 ) -> PortReport:
-    """Move ``source``'s weights into ``target`` through ONNX.
+    """Move ``source``'s weights into ``target`` (modified in place) through ONNX.
 
     ``source``: a torch.nn.Module, a keras.Model, or a path to an .onnx file.
     ``example_inputs``: numpy arrays in the source's own layout (used to export).
-    ``target_inputs``: the same inputs in the target's layout; with them, a torch
-    target's layer order is traced from a forward pass instead of registration order.
+    ``lossless``: export so that BatchNorm statistics survive (torch exporters only;
+    tf2onnx always folds them, see ``converters.export.LOSSLESS_SUPPORT``).
+    ``strict``: a semantic-defaults disagreement (epsilon, momentum, GELU form, ...)
+    between two model objects raises instead of being reported.
+    ``target_inputs``: the inputs in the target's layout; with them, a torch target's
+    layer order is traced from a forward pass instead of registration order.
     ``onnx_path``: where to keep the exported file (a temporary file otherwise).
     """
     if isinstance(source, (str, Path)):
         return port_onnx(source, target, target_inputs)
     from converters.export import export_model
+    from converters.lint import enforce, lint_models
 
     src_fw = framework_of(source)
     if src_fw == framework_of(target):
-        raise WeightMappingError("source and target are both " + src_fw + " models; port between frameworks")
+        raise WeightMappingError(f"source and target are both {src_fw} models; port between frameworks")
+    findings = lint_models(source, target, example_inputs if src_fw == "torch" else None, target_inputs)
+    enforce(findings, strict)
     names_in = [f"input_{k}" for k in range(len(example_inputs))]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(onnx_path) if onnx_path else Path(tmp) / "source.onnx"
         export_model(source, src_fw, example_inputs, path, input_names=names_in, output_names=_output_names(source),
                      exporter=exporter, lossless=lossless)
         report = port_onnx(path, target, target_inputs)
+    report.lint = [f.to_dict() for f in findings]
+    report.warnings.extend(f"semantic mismatch: {f.message}" for f in findings)
     return report
 
 

@@ -24,6 +24,7 @@ class PortReport:
     unused_initializers: dict[str, str] = field(default_factory=dict)
     consumed_initializers: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    lint: list[dict[str, Any]] = field(default_factory=list)  # semantic-defaults findings
 
     @property
     def exact(self) -> bool:
@@ -38,4 +39,5 @@ class PortReport:
             "unused_initializers": dict(self.unused_initializers),
             "consumed_initializers": dict(self.consumed_initializers),
             "warnings": list(self.warnings),
+            "lint": list(self.lint),
         }

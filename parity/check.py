@@ -31,8 +31,9 @@ class CheckOptions:
     device: str = "auto"
     threads: int | None = None
     precision: str = "fp32"
-    exporter: str = "dynamo"
+    exporter: str | None = None  # torch exporter; None: the spec's (dynamo unless the twin needs legacy)
     lossless: bool = True
+    strict: bool = False
     out: Path | None = None
 
 
@@ -50,6 +51,7 @@ class CheckResult:
     runners: dict[str, Any]
     files: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    lint: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -57,7 +59,7 @@ class CheckResult:
             "passed": self.passed, "environment": self.environment,
             "comparisons": [c.to_dict() for c in self.comparisons],
             "tolerance": self.tolerance, "port": self.port, "runners": self.runners,
-            "files": self.files, "notes": self.notes,
+            "files": self.files, "notes": self.notes, "lint": self.lint,
         }
 
     @property
@@ -132,12 +134,14 @@ def run_check(options: CheckOptions, *, spec: Any = None,
     import torch  # noqa: F401  (torch before TensorFlow in one process)
 
     from converters.export import export_model
+    from converters.lint import enforce, lint_models
     from converters.port import port_onnx
     from parity.env import capture
     from parity.runners import make_runner
     from zoo.weights import randomize
 
     src, dst = options.source, OTHER[options.source]
+    exporter = options.exporter or spec.torch_exporter
     inputs = spec.example_inputs(options.batch, options.seed)
     per_fw = {fw: spec.inputs_for(fw, inputs) for fw in ("torch", "tf")}
 
@@ -148,15 +152,19 @@ def run_check(options: CheckOptions, *, spec: Any = None,
         randomize(source_model, src, options.seed)
         files = {"torch": work / "torch.onnx", "tf": work / "tf.onnx"}
         kw = dict(input_names=spec.input_names, output_names=spec.output_names)
-        progress(f"exporting it to ONNX ({options.exporter if src == 'torch' else 'tf2onnx'}"
+        progress(f"exporting it to ONNX ({exporter if src == 'torch' else 'tf2onnx'}"
                  f"{', lossless' if options.lossless and src == 'torch' else ''})")
-        export_model(source_model, src, list(per_fw[src].values()), files[src], exporter=options.exporter,
+        export_model(source_model, src, list(per_fw[src].values()), files[src], exporter=exporter,
                      lossless=options.lossless, **kw)
-        progress(f"porting its weights into the {dst} twin through {files[src].name}")
         target_model = spec.build(dst, options.seed + 1)
+        findings = lint_models(source_model, target_model, list(per_fw[src].values()), list(per_fw[dst].values()))
+        for f in findings:
+            progress(f"semantic mismatch: {f.message}")
+        enforce(findings, options.strict)
+        progress(f"porting its weights into the {dst} twin through {files[src].name}")
         report = port_onnx(files[src], target_model, list(per_fw[dst].values()))
         progress(f"exporting the ported {dst} twin to ONNX")
-        export_model(target_model, dst, list(per_fw[dst].values()), files[dst], exporter=options.exporter, **kw)
+        export_model(target_model, dst, list(per_fw[dst].values()), files[dst], exporter=exporter, **kw)
         weights = save_weights_atomic(target_model, dst, work) if out else None
 
         models = {"torch": source_model if src == "torch" else target_model,
@@ -176,7 +184,7 @@ def run_check(options: CheckOptions, *, spec: Any = None,
         result = CheckResult(
             model=spec.name, preset=spec.preset, source=src, target=dst,
             passed=all(comparisons), environment=capture(), comparisons=comparisons, tolerance=tolerance,
-            port=report.to_dict(), runners=runner_info,
+            port=report.to_dict(), runners=runner_info, lint=[f.to_dict() for f in findings],
             files={k: str(v) for k, v in {"torch_onnx": files["torch"], "tf_onnx": files["tf"],
                                           "weights": weights}.items() if out and v is not None},
         )
@@ -226,5 +234,7 @@ def format_table(result: CheckResult) -> str:
                     f"{c.cosine:>12.8f}{c.atol:>10.2e}  {'ok' if c else 'FAIL'}")
     for c in result.failures:
         rows.append("  " + c.explain())
+    for f in result.lint:
+        rows.append("  semantic mismatch: " + f["message"])
     rows.append("PASSED" if result.passed else f"FAILED: {len(result.failures)} of {len(result.comparisons)} comparisons")
     return "\n".join(rows)

@@ -70,9 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--threads", type=_positive_int, help="intra-op threads for all runtimes")
     check.add_argument("--precision", choices=("fp32", "tf32"), default="fp32",
                        help="fp32: TF32 off everywhere (strict); tf32: on, tolerances widened and reported")
-    check.add_argument("--exporter", choices=("dynamo", "legacy"), default="dynamo", help="torch ONNX exporter")
+    check.add_argument("--exporter", choices=("dynamo", "legacy"),
+                       help="torch ONNX exporter (default: dynamo, or what the zoo model needs)")
     check.add_argument("--no-lossless", dest="lossless", action="store_false",
                        help="let the torch exporter fold BatchNorm into convs (ported inference-only)")
+    check.add_argument("--strict", action="store_true",
+                       help="a semantic-defaults mismatch between the twins (epsilon, momentum, GELU form...) is an error")
     check.add_argument("--json", type=Path, metavar="PATH", help="write the result as JSON")
     check.add_argument("--out", type=Path, metavar="DIR", help="keep the ONNX files, ported weights and port report")
 
@@ -82,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     lst = sub.add_parser("list", help="list the zoo models")
     lst.add_argument("--json", action="store_true", help="print JSON")
 
+    from parity import port_cmd
+
+    port_cmd.add_command(sub)
     try:
         from parity import bench_cli
     except ImportError:
@@ -106,7 +112,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     options = CheckOptions(
         model=args.model, source=args.source, preset=args.preset, batch=args.batch, seed=args.seed,
         atol=args.atol, rtol=args.rtol, device=args.device, threads=args.threads, precision=args.precision,
-        exporter=args.exporter, lossless=args.lossless, out=args.out,
+        exporter=args.exporter, lossless=args.lossless, strict=args.strict, out=args.out,
     )
     result = run_check(options)
     print(format_table(result))

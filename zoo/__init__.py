@@ -47,7 +47,18 @@ def get(name: str, preset: str = "small", **overrides: object) -> ModelSpec:
 
 
 def _load_families() -> None:
-    from zoo import cnn, mlp  # noqa: F401  (registration happens on import)
+    from zoo import (  # noqa: F401  (registration happens on import)
+        autoencoder,
+        bert,
+        cnn,
+        mlp,
+        mobilenet,
+        resnet,
+        rnn,
+        tcn,
+        unet,
+        vit,
+    )
 
 
 __all__ = ["ModelSpec", "TensorSpec", "Tolerance", "UnknownModelError", "get", "names", "register"]

@@ -94,6 +94,9 @@ class ModelSpec:
     # parameterisations really differ (torch's second LSTM bias), with the reason.
     param_difference: int = 0
     param_difference_reason: str = ""
+    # The torch ONNX exporter this twin needs when the default (dynamo) cannot export it.
+    torch_exporter: str = "dynamo"
+    torch_exporter_reason: str = ""
 
     def build_torch(self, seed: int = 0) -> Any:
         """The PyTorch twin in eval mode, initialised from ``seed`` (global RNG untouched)."""

@@ -41,8 +41,13 @@ def _dense(layer: Any) -> TargetLayer:
         if flat is not None and flat[0] != "HWC":
             kernel = layouts.reorder_flatten_rows(kernel, flat[0], flat[1], "HWC")  # type: ignore[arg-type]
             how = f"rows {flat[0]}->HWC"
+        bias = t["bias"]
+        grid = attrs.get("unflatten")
+        if grid is not None and grid[0] != "HWC":
+            kernel, bias = layouts.reorder_unflatten_columns(kernel, bias, grid[0], grid[1], "HWC")  # type: ignore[arg-type]
+            how += f", columns {grid[0]}->HWC"
         _set(layer.kernel, kernel)  # type: ignore[arg-type]
-        _set_bias(layer, t["bias"])
+        _set_bias(layer, bias)
         return how
 
     return TargetLayer(layer.name, "dense", "tf", layer, {"kernel": (n_in, n_out),
@@ -61,7 +66,7 @@ def _conv(layer: Any) -> TargetLayer:
                        "bias": (canonical[0],) if layer.use_bias else None},
                        {"use_bias": layer.use_bias, "groups": getattr(layer, "groups", 1),
                         "stride": tuple(layer.strides), "dilation": tuple(layer.dilation_rate),
-                        "padding": layer.padding}, write)
+                        "padding": layer.padding, "padding_mode": "zeros"}, write)
 
 
 def _depthwise(layer: Any) -> TargetLayer:
@@ -257,4 +262,4 @@ def _raw(layer: Any, var: Any) -> TargetLayer:
         _set(var, t["value"])  # type: ignore[arg-type]
         return "copy (raw tensor)"
 
-    return TargetLayer(f"{layer.name}/{var.name}", "tensor", "tf", var, {"value": _shape(var)}, {}, write)
+    return TargetLayer(f"{layer.name}.{var.name}", "tensor", "tf", var, {"value": _shape(var)}, {}, write)

@@ -37,8 +37,13 @@ def _dense(name: str, m: nn.Linear) -> list[TargetLayer]:
         if flat is not None and flat[0] != "CHW":
             kernel = layouts.reorder_flatten_rows(kernel, flat[0], flat[1], "CHW")  # type: ignore[arg-type]
             how = f"rows {flat[0]}->CHW, kernel.T"
+        bias = t["bias"]
+        grid = attrs.get("unflatten")
+        if grid is not None and grid[0] != "CHW":
+            kernel, bias = layouts.reorder_unflatten_columns(kernel, bias, grid[0], grid[1], "CHW")  # type: ignore[arg-type]
+            how += f", columns {grid[0]}->CHW"
         _set(m.weight, layouts.dense_to_torch(kernel))  # type: ignore[arg-type]
-        _set_bias(m.bias, t["bias"])
+        _set_bias(m.bias, bias)
         return how
 
     return [TargetLayer(name, "dense", "torch", m, {"kernel": (m.in_features, m.out_features),
@@ -134,7 +139,7 @@ def _rnn(name: str, m: nn.LSTM | nn.GRU) -> list[TargetLayer]:
                     _set(getattr(m, "bias_hh" + suffix), layouts.reorder_gates(b[gates * h:], order))
             return f"gates {'iofc->ifgo' if kind == 'lstm' else 'zrh->rzn'}"
 
-        label = name if m.num_layers == 1 else f"{name}[layer {layer}]"
+        label = name if m.num_layers == 1 else f"{name}.l{layer}"  # torch's _l{i} parameter suffix
         layers.append(TargetLayer(label, kind, "torch", m,
                                   {"W": (dirs, gates * h, in_size), "R": (dirs, gates * h, h),
                                    "B": (dirs, 2 * gates * h)},

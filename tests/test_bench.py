@@ -317,9 +317,8 @@ def test_smoke_records_environment_threads_precision_and_flops(mlp_inference: tu
 
 def test_smoke_training_modes_are_measured_or_explained() -> None:
     pytest.importorskip("torch")
-    from parity.bench import run_benchmark
-
     import zoo
+    from parity.bench import run_benchmark
 
     config = BenchConfig(batches=(4,), train=True, device="cpu", threads=1, budget_s=0.01, min_runs=3, warmup=1,
                          probe_peak=False)
@@ -329,3 +328,11 @@ def test_smoke_training_modes_are_measured_or_explained() -> None:
     assert eager["status"] == "ok" and eager["settings"]["optimizer"] == "SGD"
     assert eager["settings"]["learning_rate"] == 0.01 and eager["settings"]["momentum"] == 0.9
     assert eager["flops"] == 3 * 4 * 13568  # training step counted as 3x the forward
+
+
+def test_table_warns_when_other_processes_loaded_the_cpu() -> None:
+    data = _result().to_dict()
+    data["environment"].update({"usable_cores": 2, "load_average_1min": {"start": 0.5, "end": 3.5}})
+    assert "WARNING: host load average reached 3.5 on 2 cores" in bench_cli.format_table(data)
+    data["environment"]["load_average_1min"] = {"start": 0.5, "end": 1.9}
+    assert "WARNING" not in bench_cli.format_table(data)

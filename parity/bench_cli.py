@@ -1,0 +1,335 @@
+"""`parity bench` and `parity flops`: argument parsing, the terminal table, JSON and plot output.
+
+No framework is imported at module import time; the handlers import what they need.
+Until ``parity.cli`` registers these, ``python -m parity.bench_cli bench mlp`` works too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from parity.bench import INFERENCE_RUNTIMES as RUNTIME_CHOICES  # numpy only: no framework import
+from parity.errors import UsageError
+
+
+def add_commands(subparsers: Any) -> None:
+    """Register the ``bench`` and ``flops`` subcommands on an argparse subparsers object."""
+    _add_bench(subparsers)
+    _add_flops(subparsers)
+
+
+def _add_bench(subparsers: Any) -> None:
+    p = subparsers.add_parser("bench", help="time inference (or training) across torch, TF and ONNX Runtime",
+                              description="Time a zoo model in every runtime and execution mode, with equal "
+                                          "threads, explicit precision and synchronised clocks.")
+    p.add_argument("model", help="zoo model name (see `parity models`)")
+    p.add_argument("--preset", default="small", help="model size preset (default: small)")
+    p.add_argument("--batch", default="1,8,32", help="comma-separated batch sizes (default: 1,8,32)")
+    p.add_argument("--train", action="store_true",
+                   help="time one training step (forward, cross-entropy, backward, SGD lr 0.01 momentum 0.9)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="intra-/inter-op threads for every framework (default: all usable cores)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--precision", default="fp32", choices=("fp32", "tf32", "fp16", "bf16"),
+                   help="fp32 turns TF32 off; fp16/bf16 use autocast / a Keras mixed policy")
+    p.add_argument("--include-copies", action="store_true",
+                   help="time host-to-device input and device-to-host output copies too")
+    p.add_argument("--budget", type=float, default=1.0,
+                   help="seconds of timed calls per cell, after warm-up (default: 1.0)")
+    p.add_argument("--min-runs", type=int, default=10, help="minimum timed calls per cell (default: 10)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed calls per shape after the first (default: 3)")
+    p.add_argument("--runtimes", nargs="+", default=None, metavar="RUNTIME",
+                   help=f"runtimes to run (names or families torch/tf/ort, comma or space separated): "
+                        f"{', '.join(RUNTIME_CHOICES)}")
+    p.add_argument("--seed", type=int, default=0, help="seed for weights, inputs and labels (default: 0)")
+    p.add_argument("--no-peak", action="store_true", help="skip the matmul peak probe")
+    p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write every cell and the environment")
+    p.add_argument("--plot", type=Path, default=None, metavar="PATH", help="write a PNG plot")
+    p.set_defaults(handler=run_bench)
+
+
+def _add_flops(subparsers: Any) -> None:
+    p = subparsers.add_parser("flops", help="count forward FLOPs from the ONNX graph (2 per multiply-add)")
+    p.add_argument("model", help="zoo model name, or a path to an .onnx file")
+    p.add_argument("--preset", default="small", help="model size preset (default: small)")
+    p.add_argument("--batch", default="1", help="comma-separated batch sizes (default: 1)")
+    p.set_defaults(handler=run_flops)
+
+
+# ============================================================================ parsing
+
+
+def parse_batches(text: str) -> tuple[int, ...]:
+    """'1,8,32' -> (1, 8, 32); anything else is a UsageError that shows what was received."""
+    parts = [p.strip() for p in str(text).split(",") if p.strip()]
+    try:
+        batches = tuple(int(p) for p in parts)
+    except ValueError:
+        raise UsageError(f"--batch takes comma-separated positive integers such as 1,8,32; got {text!r}") from None
+    if not batches or any(b < 1 for b in batches):
+        raise UsageError(f"--batch takes comma-separated positive integers such as 1,8,32; got {text!r}")
+    return tuple(dict.fromkeys(batches))
+
+
+def parse_runtimes(values: Sequence[str] | None) -> tuple[str, ...] | None:
+    if not values:
+        return None
+    return tuple(v.strip() for item in values for v in item.split(",") if v.strip())
+
+
+def _spec(name: str, preset: str) -> Any:
+    import zoo
+
+    try:
+        return zoo.get(name, preset=preset)
+    except zoo.UnknownModelError as exc:
+        raise UsageError(str(exc)) from None
+    except ValueError as exc:  # unknown preset or config field
+        raise UsageError(str(exc)) from None
+
+
+def _check_writable(path: Path | None, option: str) -> None:
+    """Fail before a long run, not after it, when an output cannot be written."""
+    if path is None:
+        return
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise UsageError(f"{option} {path}: is a directory; give a file path")
+    if not parent.is_dir():
+        raise UsageError(f"{option} {path}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise UsageError(f"{option} {path}: folder {parent} is not writable")
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    from parity.bench import BenchConfig
+
+    if args.budget < 0:
+        raise UsageError(f"--budget must be >= 0 seconds, got {args.budget}")
+    config = BenchConfig(
+        batches=parse_batches(args.batch), train=args.train, device=args.device, precision=args.precision,
+        threads=args.threads, include_copies=args.include_copies, budget_s=args.budget, min_runs=args.min_runs,
+        warmup=args.warmup, runtimes=parse_runtimes(args.runtimes), seed=args.seed, probe_peak=not args.no_peak,
+    )
+    config.validate()
+    return config
+
+
+# ============================================================================ handlers
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """`parity bench`: 0 when at least one cell was measured, 1 when none could be."""
+    config = config_from_args(args)
+    spec = _spec(args.model, args.preset)
+    _check_writable(args.json, "--json")
+    _check_writable(args.plot, "--plot")
+    _import_torch_first()
+    from parity.bench import run_benchmark
+
+    result = run_benchmark(spec, config, progress=_progress)
+    data = result.to_dict()
+    print(format_table(data))
+    if args.json is not None:
+        write_json(args.json, data)
+        _progress(f"wrote {args.json}")
+    if args.plot is not None:
+        from parity.bench_plot import plot_bench
+
+        plot_bench(data, args.plot)
+        _progress(f"wrote {args.plot}")
+    if not any(c.measured for c in result.cells):
+        _progress("no runtime could be measured: see the reasons above")
+        return 1
+    return 0
+
+
+def run_flops(args: argparse.Namespace) -> int:
+    """`parity flops`: the forward FLOP count per batch size, by operator kind."""
+    batches = parse_batches(args.batch)
+    from parity.flops import count_flops
+
+    if str(args.model).endswith(".onnx"):
+        if not Path(args.model).is_file():
+            raise UsageError(f"ONNX file not found: {args.model}")
+        source, counts = args.model, [count_flops(args.model, b) for b in batches]
+    else:
+        spec = _spec(args.model, args.preset)
+        source, counts = f"{spec.name} ({spec.preset})", _count_spec(spec, batches)
+    print(format_flops_table(source, counts))
+    return 0
+
+
+def _count_spec(spec: Any, batches: Sequence[int]) -> list[Any]:
+    import contextlib
+
+    from converters.errors import ConversionError
+    from parity.flops import count_flops, export_spec
+
+    _import_torch_first()
+    with tempfile.TemporaryDirectory(prefix="parity-flops-") as tmp:
+        try:
+            with contextlib.redirect_stdout(sys.stderr):
+                path = export_spec(spec, tmp)
+        except ConversionError as exc:
+            raise UsageError(str(exc)) from None
+        return [count_flops(path, b) for b in batches]
+
+
+def _import_torch_first() -> None:
+    """torch must be loaded before TensorFlow in a process; a machine without torch goes on without it."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        pass
+
+
+# ============================================================================ output
+
+
+def write_json(path: Path, data: Mapping[str, Any]) -> None:
+    """Write ``data`` as JSON through a temporary file in the same folder and ``os.replace``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+_COLUMNS = ("batch", "runtime", "median ms", "p90 ms", "p99 ms", "min ms", "stdev ms", "runs", "first ms",
+            "samples/s", "GFLOP/s", "%peak", "mem MB")
+
+
+def format_table(result: Mapping[str, Any]) -> str:
+    """The terminal table: one row per cell, grouped by batch, fastest per batch marked '*'."""
+    cells = list(result.get("cells", []))
+    rows = [_row(c, _fastest_runtime(cells, c["batch"])) for c in sorted(cells, key=lambda c: c["batch"])]
+    measured = [r for r in rows if len(r) == len(_COLUMNS)]
+    widths = [max([len(h), *(len(r[i]) for r in measured)]) for i, h in enumerate(_COLUMNS)]
+    lines = [_header(result), "  ".join(h.rjust(w) if i != 1 else h.ljust(w)
+                                        for i, (h, w) in enumerate(zip(_COLUMNS, widths, strict=True)))]
+    previous = None
+    for cell, row in zip(sorted(cells, key=lambda c: c["batch"]), rows, strict=True):
+        if previous is not None and cell["batch"] != previous:
+            lines.append("")
+        previous = cell["batch"]
+        if len(row) == len(_COLUMNS):
+            lines.append("  ".join(v.rjust(w) if i != 1 else v.ljust(w)
+                                   for i, (v, w) in enumerate(zip(row, widths, strict=True))))
+        else:
+            lines.append(f"{row[0].rjust(widths[0])}  {row[1].ljust(widths[1])}  {row[2]}")
+    lines.append("* fastest median at that batch size; samples/s = batch / median; "
+                 "first call (compile, warm-up) is not in the statistics")
+    return "\n".join(lines)
+
+
+def _fastest_runtime(cells: Sequence[Mapping[str, Any]], batch: int) -> str | None:
+    ok = [c for c in cells if c["batch"] == batch and c.get("status") == "ok" and c.get("stats")]
+    return min(ok, key=lambda c: c["stats"]["median_s"])["runtime"] if ok else None
+
+
+def _row(cell: Mapping[str, Any], fastest: str | None) -> list[str]:
+    mark = "*" if cell["runtime"] == fastest else " "
+    name = f"{mark}{cell['runtime']}"
+    if cell.get("status") != "ok" or not cell.get("stats"):
+        return [str(cell["batch"]), name, f"{cell.get('status')}: {cell.get('reason', '')}"]
+    s = cell["stats"]
+    return [str(cell["batch"]), name, *(_ms(s[k]) for k in ("median_s", "p90_s", "p99_s", "min_s", "stdev_s")),
+            str(s["count"]), _ms(cell.get("first_call_s")), _num(cell.get("throughput")),
+            _num(cell.get("achieved_gflops")), _pct(cell.get("fraction_of_peak")),
+            _num(cell["peak_memory_bytes"] / 2**20 if cell.get("peak_memory_bytes") else None)]
+
+
+def _header(result: Mapping[str, Any]) -> str:
+    from parity.flops import format_flops
+
+    config, env = result.get("config", {}), result.get("environment", {})
+    flops = ", ".join(f"b={b}: {format_flops(f) if f else 'n/a'}" for b, f in result.get("flops", {}).items())
+    peak = result.get("peak")
+    peak_text = (f"{peak['gflops']:.4g} GFLOP/s ({peak['dtype']} {peak['n']}^3 matmul on {peak['device']})"
+                 if peak else "not measured")
+    return "\n".join([
+        f"{result.get('model')} ({result.get('preset')}) {result.get('task')} | device {config.get('device_resolved')}"
+        f" ({env.get('device_name', '?')}) | precision {config.get('precision')} | threads {config.get('threads')}"
+        f" | budget {config.get('budget_s')} s, min {config.get('min_runs')} runs"
+        f" | copies {'timed' if config.get('include_copies') else 'not timed'}",
+        f"forward FLOPs: {flops or 'n/a'} | machine peak: {peak_text}",
+        *_load_warning(env, config),
+    ])
+
+
+def _load_warning(env: Mapping[str, Any], config: Mapping[str, Any]) -> list[str]:
+    """A line when other processes kept the cores busy: CPU timings are then not trustworthy."""
+    load = env.get("load_average_1min") or {}
+    cores = env.get("usable_cores") or 0
+    busiest = max((v for v in (load.get("start"), load.get("end")) if v is not None), default=None)
+    if busiest is None or config.get("device_resolved") != "cpu" or not cores:
+        return []
+    # the bench itself keeps up to `threads` cores busy; more load than the cores means competition
+    if busiest <= cores:
+        return []
+    return [f"WARNING: host load average reached {busiest} on {cores} cores: other processes competed "
+            "for the CPU during this run, so these timings overstate latency (OpenMP runtimes such as "
+            "torch's suffer most; rerun on a quiet machine, or compare at --threads 1)"]
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1e3:.4g}"
+
+
+def _num(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
+def _pct(fraction: float | None) -> str:
+    return "-" if fraction is None else f"{fraction * 100:.3g}%"
+
+
+def format_flops_table(source: str, counts: Sequence[Any]) -> str:
+    from parity.flops import format_flops
+
+    lines = [f"forward FLOPs of {source} (2 FLOPs per multiply-add; Conv, ConvTranspose, Gemm, MatMul, "
+             "Einsum, LSTM/GRU/RNN)"]
+    for c in counts:
+        ops = ", ".join(f"{op} {format_flops(v)}" for op, v in sorted(c.by_op.items()))
+        lines.append(f"  batch {c.batch}: {format_flops(c.total)} ({c.total:,} FLOP; {c.counted_nodes} nodes: {ops})")
+        if c.unresolved:
+            lines.append(f"    not counted, shapes unknown: {', '.join(c.unresolved)}")
+    return "\n".join(lines)
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# ============================================================================ standalone entry
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m parity.bench_cli bench|flops ...`` (the same commands as ``parity``)."""
+    parser = argparse.ArgumentParser(prog="parity")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except UsageError as exc:
+        print(f"parity {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -472,11 +472,42 @@ def _channel_affine(graph: Graph, node: Any, claimed: set[str]) -> ParamGroup | 
                       output=add.output[0])
 
 
+def forward_order(graph: Graph) -> list[Any]:
+    """Nodes in a canonical forward order: depth-first from the outputs, each node's inputs
+    in their order. An exporter's own node order can put a residual's shortcut before its
+    main branch (tf2onnx does); this order follows the data flow, as the source code's
+    forward pass does (main branch, then shortcut, for ``Add(main, shortcut)``)."""
+    order: list[Any] = []
+    done: set[int] = set()
+    for out in graph.outputs:
+        stack: list[tuple[Any, int]] = []
+        root = graph.producer(out)
+        if root is not None and id(root) not in done:
+            stack.append((root, 0))
+        while stack:
+            node, k = stack.pop()
+            if id(node) in done:
+                continue
+            inputs = [i for i in node.input if i]
+            while k < len(inputs):
+                parent = graph.producer(inputs[k])
+                k += 1
+                if parent is not None and id(parent) not in done:
+                    stack.append((node, k))
+                    stack.append((parent, 0))
+                    break
+            else:
+                done.add(id(node))
+                order.append(node)
+    order.extend(n for n in graph.nodes if id(n) not in done)  # not reachable from an output
+    return order
+
+
 def param_groups(graph: Graph) -> list[ParamGroup]:
     """Parametric layers of ``graph`` in topological (forward) order."""
     groups: list[ParamGroup] = []
     claimed: set[str] = set()  # nodes absorbed into an earlier group (bias Adds, affine tails)
-    for node in graph.nodes:
+    for node in forward_order(graph):
         name = node_name(node)
         if name in claimed:
             continue
@@ -536,23 +567,28 @@ def _trace_to_group(graph: Graph, tensor: str, outputs: dict[str, ParamGroup]) -
     return None, scaled
 
 
-def _score_matmul(graph: Graph, tensor: str) -> tuple[Any, bool] | None:
+def _score_matmul(graph: Graph, tensor: str, depth: int = 10) -> tuple[Any, bool] | None:
     """The Q K^T MatMul feeding a Softmax over its last axis, and whether a Transpose on
-    the way swapped its last two axes (then its second operand is the query side)."""
-    swapped = False
-    for _ in range(10):
-        node = graph.producer(tensor)
-        if node is None:
-            return None
-        if node.op_type == "MatMul" and all(graph.const(i) is None for i in node.input):
-            return node, swapped
-        if node.op_type == "Transpose":
-            perm = list(attrs_of(node).get("perm", []))
-            if len(perm) >= 2 and perm[-2:] == [len(perm) - 1, len(perm) - 2]:
-                swapped = not swapped
-        elif node.op_type not in _SCORE_OPS:
-            return None
-        tensor = next((i for i in node.input if i and graph.const(i) is None), "")
+    the way swapped its last two axes (then its second operand is the query side).
+    Searches every non-constant operand, since a mask is added on the way."""
+    node = graph.producer(tensor)
+    if node is None or depth == 0:
+        return None
+    if node.op_type == "MatMul" and all(graph.const(i) is None for i in node.input):
+        return node, False
+    if node.op_type == "Transpose":
+        perm = list(attrs_of(node).get("perm", []))
+        found = _score_matmul(graph, node.input[0], depth - 1)
+        if found is not None and len(perm) >= 2 and perm[-2:] == [len(perm) - 1, len(perm) - 2]:
+            return found[0], not found[1]
+        return found
+    if node.op_type not in _SCORE_OPS:
+        return None
+    for inp in node.input:
+        if inp and graph.const(inp) is None:
+            found = _score_matmul(graph, inp, depth - 1)
+            if found is not None:
+                return found
     return None
 
 
@@ -576,7 +612,7 @@ def _output_projection(graph: Graph, tensor: str, inputs: dict[str, ParamGroup])
     for _ in range(6):
         if tensor in inputs:
             return inputs[tensor]
-        users = graph.consumers.get(tensor, [])
+        users = [u for u in graph.consumers.get(tensor, []) if u.op_type != "Shape"]
         if len(users) != 1 or users[0].op_type not in ("Transpose", "Reshape", "Identity", "Squeeze", "Cast"):
             return None
         tensor = users[0].output[0]

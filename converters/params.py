@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from converters import layouts
 from converters.errors import UnsupportedLayerError
 from converters.graph import Graph
 
@@ -338,27 +339,33 @@ def _gru(graph: Graph, node: Any, claimed: set[str]) -> ParamGroup | None:
     return _rnn("gru", graph, node)
 
 
-@extractor("Loop")
-def _keras_gru_loop(graph: Graph, node: Any, claimed: set[str]) -> ParamGroup | None:
-    """Keras GRU (reset_after=True) exported by tf2onnx as a while-loop.
+def _rnn_loop_weights(graph: Graph, node: Any) -> dict[int, np.ndarray]:
+    """Float weight constants a Loop node carries (loop input index -> value)."""
+    return {i: graph.consts[name] for i, name in enumerate(node.input) if name in graph.consts
+            and np.issubdtype(graph.consts[name].dtype, np.floating) and graph.consts[name].size > 1}
 
-    The kernel (I, 3H), recurrent kernel (H, 3H) and bias (2, 3H) are loop inputs in
-    Keras layout (gates z, r, h); the body tells which matmul multiplies the input.
-    """
+
+def _is_rnn_loop(node: Any, graph: Graph) -> bool:
     body = next((a.g for a in node.attribute if a.name == "body"), None)
-    if body is None:
-        return None
-    consts = {i: graph.consts[name] for i, name in enumerate(node.input) if name in graph.consts
-              and np.issubdtype(graph.consts[name].dtype, np.floating) and graph.consts[name].size > 1}
+    ops = {n.op_type for n in body.node} if body is not None else set()
+    return {"Sigmoid", "Tanh"} <= ops and len(_rnn_loop_weights(graph, node)) == 3
+
+
+@extractor("Loop")
+def _keras_rnn_loop(graph: Graph, node: Any, claimed: set[str]) -> ParamGroup | None:
+    """A Keras LSTM or GRU (reset_after=True) that tf2onnx wrote as a while-loop (masked
+    or GRU layers). The kernel (I, gH), recurrent kernel (H, gH) and bias are loop inputs
+    in Keras layout (LSTM gates i,f,c,o; GRU z,r,h); the body tells which matmul
+    multiplies the input. Returned in canonical ONNX layout, one direction."""
+    consts = _rnn_loop_weights(graph, node)
     if not consts:
         return None
-    ops = {n.op_type for n in body.node}
-    mats = {i: v for i, v in consts.items() if v.ndim == 2}
-    if not {"Sigmoid", "Tanh"} <= ops or len(consts) != 3:
+    if not _is_rnn_loop(node, graph):
         raise UnsupportedLayerError(
             f"Loop node {node_name(node)} carries parameters {[v.shape for v in consts.values()]} but is not a "
-            "recognised recurrent cell (Keras GRU with reset_after=True)"
+            "recognised recurrent cell (Keras LSTM, or GRU with reset_after=True)"
         )
+    body = next(a.g for a in node.attribute if a.name == "body")
     body_inputs = [i.name for i in body.input]  # iteration, condition, carried...
     to_outer = {body_inputs[k]: k for k in range(2, len(body_inputs))}  # body name -> loop input index
     producers = {o: n for n in body.node for o in n.output}
@@ -366,21 +373,28 @@ def _keras_gru_loop(graph: Graph, node: Any, claimed: set[str]) -> ParamGroup | 
     for n in body.node:
         if n.op_type != "MatMul" or n.input[1] not in to_outer:
             continue
-        idx = to_outer[n.input[1]]
         src = n.input[0]
         while src in producers and producers[src].op_type in ("Identity", "Cast", "Squeeze", "Reshape"):
             src = producers[src].input[0]
-        from_input = src in producers and producers[src].op_type == "Gather"
-        if from_input:
-            kernel_idx = idx
+        if src in producers and producers[src].op_type == "Gather":
+            kernel_idx = to_outer[n.input[1]]
         else:
-            recurrent_idx = idx
+            recurrent_idx = to_outer[n.input[1]]
     bias_idx = next((i for i in consts if i not in (kernel_idx, recurrent_idx)), None)
     if kernel_idx is None or recurrent_idx is None or bias_idx is None:
-        raise UnsupportedLayerError(f"Loop node {node_name(node)}: could not tell the GRU's kernel from its "
-                                    f"recurrent kernel; shapes {[v.shape for v in mats.values()]}")
+        raise UnsupportedLayerError(f"Loop node {node_name(node)}: could not tell the recurrent cell's kernel from "
+                                    f"its recurrent kernel; shapes {[v.shape for v in consts.values()]}")
     kernel, recurrent, bias = consts[kernel_idx], consts[recurrent_idx], consts[bias_idx]
     h = recurrent.shape[0]
+    sources = _sources(graph, node.input[kernel_idx], node.input[recurrent_idx], node.input[bias_idx])
+    if kernel.shape[1] == 4 * h:  # LSTM, Keras i,f,c,o -> ONNX i,o,f,c; the whole bias goes in Wb
+        order = (0, 3, 1, 2)
+        w = layouts.reorder_gates(kernel.T, order)
+        r = layouts.reorder_gates(recurrent.T, order)
+        b = np.concatenate([layouts.reorder_gates(bias.reshape(-1), order), np.zeros(4 * h, np.float32)])
+        return ParamGroup("lstm", [node_name(node)], {"W": _f32(w[None]), "R": _f32(r[None]), "B": _f32(b[None])},
+                          {"direction": "forward", "hidden": int(h), "from_loop": True}, sources,
+                          input="", output=node.output[-1])
     if bias.shape != (2, 3 * h):
         raise UnsupportedLayerError(f"Loop node {node_name(node)}: GRU bias of shape {bias.shape}; only Keras "
                                     "reset_after=True (bias (2, 3H), PyTorch semantics) is supported")
@@ -388,8 +402,42 @@ def _keras_gru_loop(graph: Graph, node: Any, claimed: set[str]) -> ParamGroup | 
                       {"W": _f32(kernel.T[None]), "R": _f32(recurrent.T[None]), "B": _f32(bias.reshape(1, 6 * h))},
                       {"direction": "forward", "hidden": int(h), "activations": ["sigmoid", "tanh"],
                        "linear_before_reset": 1, "layout": 0, "from_loop": True},
-                      _sources(graph, node.input[kernel_idx], node.input[recurrent_idx], node.input[bias_idx]),
-                      input=node.input[2] if len(node.input) > 2 else "", output=node.output[0])
+                      sources, input="", output=node.output[-1])
+
+
+def _merge_bidirectional(graph: Graph, groups: list[ParamGroup]) -> list[ParamGroup]:
+    """Two loop-written directions concatenated by a Bidirectional wrapper become one
+    group with dirs = 2; Concat input 0 is the forward direction."""
+    by_loop = {g.nodes[0]: g for g in groups if g.attrs.get("from_loop")}
+    if len(by_loop) < 2:
+        return groups
+    loop_of = {o: node_name(n) for n in graph.nodes if n.op_type == "Loop" for o in n.output}
+    merged: dict[int, ParamGroup] = {}
+    drop: set[int] = set()
+    for node in graph.nodes:
+        if node.op_type != "Concat" or len(node.input) != 2:
+            continue
+        found = []
+        for tensor in node.input:
+            for _ in range(8):
+                if tensor in loop_of:
+                    break
+                producer = graph.producer(tensor)
+                if producer is None or producer.op_type not in ("Transpose", "ReverseSequence", "Squeeze",
+                                                                "Reshape", "Identity", "Cast", "Slice"):
+                    break
+                tensor = producer.input[0]
+            found.append(by_loop.get(loop_of.get(tensor, "")))
+        fwd, bwd = found
+        if fwd is None or bwd is None or fwd.kind != bwd.kind:
+            continue
+        i, j = groups.index(fwd), groups.index(bwd)
+        merged[min(i, j)] = ParamGroup(
+            fwd.kind, fwd.nodes + bwd.nodes,
+            {k: np.concatenate([fwd.tensors[k], bwd.tensors[k]]) for k in ("W", "R", "B")},  # type: ignore[list-item]
+            {**fwd.attrs, "direction": "bidirectional"}, fwd.sources | bwd.sources, output=node.output[0])
+        drop |= {i, j}
+    return [merged[i] if i in merged else g for i, g in enumerate(groups) if i in merged or i not in drop]
 
 
 def _per_channel(graph: Graph, node: Any, tensor: str) -> tuple[np.ndarray, str] | None:
@@ -507,9 +555,16 @@ def param_groups(graph: Graph) -> list[ParamGroup]:
     """Parametric layers of ``graph`` in topological (forward) order."""
     groups: list[ParamGroup] = []
     claimed: set[str] = set()  # nodes absorbed into an earlier group (bias Adds, affine tails)
+    # Weights of recurrent loops: tf2onnx also peels the first step out of the loop,
+    # as MatMul/Add nodes on the same constants; those belong to the loop's group.
+    loop_weights = {node.input[i] for node in graph.nodes if node.op_type == "Loop" and _is_rnn_loop(node, graph)
+                    for i in _rnn_loop_weights(graph, node)}
     for node in forward_order(graph):
         name = node_name(node)
         if name in claimed:
+            continue
+        weights = [i for i in node.input if is_weight(graph, i)]
+        if node.op_type != "Loop" and weights and set(weights) <= loop_weights:
             continue
         fn = _EXTRACTORS.get(node.op_type)
         group = fn(graph, node, claimed) if fn else None
@@ -520,14 +575,13 @@ def param_groups(graph: Graph) -> list[ParamGroup]:
         if raw is not None:
             groups.append(raw)
             continue
-        weights = [i for i in node.input if is_weight(graph, i)]
         if weights:
             shapes = {w: tuple(graph.consts[w].shape) for w in weights}
             raise UnsupportedLayerError(
                 f"ONNX node {name!r} ({node.op_type}) takes parameters {shapes} that no rule handles; "
                 f"supported parametric ops: {', '.join(supported_ops())}"
             )
-    groups = _fuse_attention(graph, groups)
+    groups = _merge_bidirectional(graph, _fuse_attention(graph, groups))
     _mark_followed_by_norm(groups)
     return groups
 

@@ -58,8 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="port a zoo twin through ONNX and compare torch, tf and ONNX Runtime",
                            epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    check.add_argument("model", help="zoo model name (see `parity list`)")
-    check.add_argument("--from", dest="source", choices=("torch", "tf"), default="torch",
+    check.add_argument("model", nargs="?", help="zoo model name (see `parity list`)")
+    check.add_argument("--all", action="store_true", help="check every zoo model, both directions unless --from")
+    check.add_argument("--from", dest="source", choices=("torch", "tf"),
                        help="framework of the source twin whose weights are ported (default: torch)")
     check.add_argument("--preset", default="small", help="zoo preset (default: small)")
     check.add_argument("--batch", type=_positive_int, default=2, help="batch size of the seeded inputs (default: 2)")
@@ -109,16 +110,36 @@ def cmd_check(args: argparse.Namespace) -> int:
     from parity.check import CheckOptions, format_table, run_check, write_json_atomic
 
     _check_json_path(args.json)
-    options = CheckOptions(
-        model=args.model, source=args.source, preset=args.preset, batch=args.batch, seed=args.seed,
-        atol=args.atol, rtol=args.rtol, device=args.device, threads=args.threads, precision=args.precision,
-        exporter=args.exporter, lossless=args.lossless, strict=args.strict, out=args.out,
-    )
-    result = run_check(options)
-    print(format_table(result))
+    if args.all == bool(args.model):
+        raise ParityError("give one model name, or --all for every zoo model (not both)")
+    if args.all and args.out:
+        raise ParityError("--out keeps one model's files; it cannot be combined with --all")
+    import zoo
+
+    models = zoo.names() if args.all else [args.model]
+    sources = [args.source] if args.source else (["torch", "tf"] if args.all else ["torch"])
+    results = []
+    for model in models:
+        for source in sources:
+            options = CheckOptions(
+                model=model, source=source, preset=args.preset, batch=args.batch, seed=args.seed,
+                atol=args.atol, rtol=args.rtol, device=args.device, threads=args.threads, precision=args.precision,
+                exporter=args.exporter, lossless=args.lossless, strict=args.strict, out=args.out,
+            )
+            result = run_check(options)
+            print(format_table(result))
+            results.append(result)
+    passed = all(r.passed for r in results)
+    if args.all:
+        print(f"\n{sum(r.passed for r in results)} of {len(results)} checks passed")
+        for r in results:
+            if not r.passed:
+                print(f"  FAILED: {r.model} --from {r.source}")
     if args.json:
-        write_json_atomic(args.json, result.to_dict())
-    return EXIT_OK if result.passed else EXIT_MISMATCH
+        data = results[0].to_dict() if len(results) == 1 else {
+            "passed": passed, "results": [r.to_dict() for r in results]}
+        write_json_atomic(args.json, data)
+    return EXIT_OK if passed else EXIT_MISMATCH
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:

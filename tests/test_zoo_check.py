@@ -1,0 +1,55 @@
+"""`parity check` on every zoo model, both directions (the `parity check --all` matrix)."""
+
+from __future__ import annotations
+
+import pytest
+
+import zoo
+from parity.check import CheckOptions, run_check
+
+CASES = [pytest.param(name, source, id=f"{name}-from-{source}") for name in zoo.names() for source in ("torch", "tf")]
+
+
+def _quiet(msg: str) -> None:
+    pass
+
+
+def _source_elements(spec: zoo.ModelSpec) -> int:
+    """Parameters plus BatchNorm running statistics of the torch twin (what a lossless export carries)."""
+    model = spec.build_torch(0)
+    params = sum(p.numel() for p in model.parameters())
+    stats = sum(b.numel() for n, b in model.named_buffers() if n.endswith(("running_mean", "running_var")))
+    return int(params + stats)
+
+
+@pytest.mark.parametrize(("name", "source"), CASES)
+def test_check_passes_and_consumes_every_parameter(name: str, source: str) -> None:
+    result = run_check(CheckOptions(model=name, source=source), progress=_quiet)
+    assert result.passed, [c.explain() for c in result.failures]
+    port = result.port
+    unused = port["unused_initializers"]
+    assert all(reason.startswith("structural constant") for reason in unused.values()), unused
+    assert port["consumed_initializers"], "nothing consumed"
+    assert not result.lint, result.lint  # the twins agree on epsilons, momenta, GELU form, biases
+
+
+@pytest.mark.parametrize("name", ["cnn", "lstm", "gru", "bert"])
+@pytest.mark.parametrize("batch", [1, 5])
+def test_batch_sizes(name: str, batch: int) -> None:
+    result = run_check(CheckOptions(model=name, batch=batch), progress=_quiet)
+    assert result.passed, [c.explain() for c in result.failures]
+    assert all(c.shape_b[0] == batch for c in result.comparisons)
+
+
+def test_consumed_elements_equal_torch_parameters_and_statistics(tmp_path: object) -> None:
+    """Every parameter of the source is consumed by the port, counted in elements."""
+    import onnx
+    from onnx import numpy_helper
+
+    for name in zoo.names():
+        spec = zoo.get(name)
+        result = run_check(CheckOptions(model=name, source="torch", out=tmp_path / name), progress=_quiet)  # type: ignore[operator]
+        sizes = {i.name: numpy_helper.to_array(i).size for i in onnx.load(result.files["torch_onnx"]).graph.initializer}
+        consumed = sum(sizes[n] for n in result.port["consumed_initializers"])
+        assert consumed == _source_elements(spec), name
+        assert all(result.port["unused_initializers"].values())

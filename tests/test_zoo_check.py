@@ -53,3 +53,11 @@ def test_consumed_elements_equal_torch_parameters_and_statistics(tmp_path: objec
         consumed = sum(sizes[n] for n in result.port["consumed_initializers"])
         assert consumed == _source_elements(spec), name
         assert all(result.port["unused_initializers"].values())
+
+
+@pytest.mark.slow
+def test_resnet50_standard_preset_end_to_end() -> None:
+    """The real ResNet-50 (25.6 M parameters, 224x224): about a minute on 2 cores (`make test-slow`)."""
+    result = run_check(CheckOptions(model="resnet50", preset="standard", batch=1), progress=_quiet)
+    assert result.passed, [c.explain() for c in result.failures]
+    assert len(result.port["layers"]) == 107 and result.port["exact"]

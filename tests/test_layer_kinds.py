@@ -55,8 +55,6 @@ def test_torch_to_keras(kind: str, exporter: str, tmp_path: Path) -> None:
     path = export_model(pair.torch_model.eval(), "torch", [pair.x], tmp_path / "m.onnx", input_names=["x"],
                         output_names=["y"], exporter=exporter)
     report = port_onnx(path, pair.keras_model)
-    if kind == "conv2d_groups":
-        pytest.skip("grouped (non-depthwise) Conv2D runs only under XLA in TensorFlow on CPU; ported, not executed")
     expected = _run_torch(pair.torch_model, pair.x)
     actual = _to_torch_layout(_run_keras(pair.keras_model, pair.keras_input()), pair)
     _assert_close(actual, expected)

@@ -46,7 +46,12 @@ PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
 # Keras' (v = mu*v - lr*g; p += v) take identical steps at a constant learning rate.
 LEARNING_RATE = 0.01
 MOMENTUM = 0.9
-LOSS = "cross-entropy on integer labels, mean over the batch, from logits"
+# The loss follows the first output: a [batch, classes] output is trained as a classifier,
+# anything else (images, sequences, hidden states) regresses onto a seeded random target.
+LOSSES = {
+    "cross_entropy": "cross-entropy on seeded integer labels, from logits, mean over the batch",
+    "mse": "mean squared error to a seeded N(0, 1) target, mean over all elements",
+}
 # Backward costs about twice the forward (one product for the input gradient, one for
 # the weight gradient), the usual convention for training FLOPs.
 TRAINING_FLOPS_FACTOR = 3
@@ -585,13 +590,14 @@ class Bench:
         laid_out = self.spec.inputs_for(framework, example)
         return [np.ascontiguousarray(laid_out[n]) for n in self.spec.input_names]
 
-    def _labels(self, batch: int) -> np.ndarray:
+    def _targets(self, batch: int, framework: str) -> tuple[str, np.ndarray]:
+        """The loss kind for the first output and its seeded target in ``framework``'s layout."""
         out = self.spec.outputs[0]
-        if len(out.shape) != 1:
-            raise Skip(f"training cells need a classification output [batch, classes]; "
-                       f"{out.name} has shape [batch, {', '.join(map(str, out.shape))}]")
         rng = np.random.default_rng(self.config.seed + 1)
-        return rng.integers(0, out.shape[0], size=batch).astype(np.int64)
+        if len(out.shape) == 1:
+            return "cross_entropy", rng.integers(0, out.shape[0], size=batch).astype(np.int64)
+        target = rng.standard_normal((batch, *out.shape)).astype(np.float32)
+        return "mse", np.ascontiguousarray(out.to_framework(target, framework))
 
     def _common(self, mode: str) -> dict[str, Any]:
         return {"mode": mode, "precision": self.config.precision, "include_copies": self.config.include_copies,
@@ -651,7 +657,8 @@ class Bench:
                           autocast: Any) -> tuple[Callable[[], Any], dict[str, Any]]:
         import torch.nn.functional as F
 
-        labels = self._labels(batch)
+        loss_kind, labels = self._targets(batch, "torch")
+        loss_of = F.cross_entropy if loss_kind == "cross_entropy" else F.mse_loss
         model = self.spec.build_torch(self.config.seed).to(dev).train()
         opt = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE, momentum=MOMENTUM)
         scaler = torch.amp.GradScaler(dev.type) if self.config.precision == "fp16" else None
@@ -662,7 +669,7 @@ class Bench:
         def step(*xs: Any) -> Any:
             opt.zero_grad(set_to_none=True)
             with _autocast(torch, dev.type, autocast):
-                loss = F.cross_entropy(model(*xs[:-1]), xs[-1])
+                loss = loss_of(_as_list(model(*xs[:-1]))[0].float(), xs[-1])
             if scaler is not None:
                 scaler.scale(loss).backward()
                 scaler.step(opt)
@@ -682,7 +689,7 @@ class Bench:
             def call() -> Any:
                 return step(*resident, y_resident)
 
-        return call, {**_training_recipe(), "loss_scaling": scaler is not None,
+        return call, {**_training_recipe(loss_kind), "loss_scaling": scaler is not None,
                       "compile": "whole step (forward, backward, optimizer)" if mode == "compile" else None}
 
     # ---------------------------------------------------------------- TensorFlow / Keras
@@ -744,18 +751,20 @@ class Bench:
     def _tf_train_step(self, tf: Any, tf_device: str, mode: str, batch: int) -> tuple[Callable[[], Any], dict[str, Any]]:
         import keras
 
-        labels = self._labels(batch)
+        loss_kind, labels = self._targets(batch, "tf")
         model = self._keras_model("")
         opt = keras.optimizers.SGD(learning_rate=LEARNING_RATE, momentum=MOMENTUM)
         if self.config.precision == "fp16":
             opt = keras.optimizers.LossScaleOptimizer(opt)
-        loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        loss_fn = (keras.losses.SparseCategoricalCrossentropy(from_logits=True) if loss_kind == "cross_entropy"
+                   else keras.losses.MeanSquaredError())
         variables = model.trainable_variables
         opt.build(variables)
 
         def step(*xs: Any) -> Any:
             with tf.GradientTape() as tape:
-                loss = loss_fn(xs[-1], model(_keras_args(xs[:-1]), training=True))
+                out = _as_list(model(_keras_args(xs[:-1]), training=True))[0]
+                loss = loss_fn(xs[-1], tf.cast(out, tf.float32))
                 scaled = opt.scale_loss(loss)
             opt.apply(tape.gradient(scaled, variables), variables)
             return loss
@@ -774,7 +783,7 @@ class Bench:
                 with tf.device(tf_device):
                     return fn(*resident)
 
-        return call, {**_training_recipe(), "keras_policy": _keras_policy(self.config.precision),
+        return call, {**_training_recipe(loss_kind), "keras_policy": _keras_policy(self.config.precision),
                       "loss_scaling": self.config.precision == "fp16", "jit_compile": mode == "xla"}
 
     # ---------------------------------------------------------------- ONNX Runtime
@@ -857,8 +866,8 @@ class Bench:
 # ============================================================================ helpers
 
 
-def _training_recipe() -> dict[str, Any]:
-    return {"loss": LOSS, "optimizer": "SGD", "learning_rate": LEARNING_RATE, "momentum": MOMENTUM,
+def _training_recipe(loss_kind: str) -> dict[str, Any]:
+    return {"loss": loss_kind, "loss_detail": LOSSES[loss_kind], "optimizer": "SGD", "learning_rate": LEARNING_RATE, "momentum": MOMENTUM,
             "nesterov": False}
 
 

@@ -202,10 +202,18 @@ def write_json(path: Path, data: Mapping[str, Any]) -> None:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=2)
             f.write("\n")
+        os.chmod(tmp, default_file_mode())  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def default_file_mode() -> int:
+    """0666 less the process umask: what open() would have given a new file."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 _COLUMNS = ("batch", "runtime", "median ms", "p90 ms", "p99 ms", "min ms", "stdev ms", "runs", "first ms",

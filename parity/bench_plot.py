@@ -91,6 +91,9 @@ def _save_atomic(fig: Any, path: Path) -> Path:
     os.close(fd)
     try:
         fig.savefig(tmp, format="png", dpi=110)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

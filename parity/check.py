@@ -35,6 +35,9 @@ class CheckOptions:
     lossless: bool = True
     strict: bool = False
     out: Path | None = None
+    # a published checkpoint as the (torch) source instead of a seeded random twin; see zoo.checkpoints
+    checkpoint: Path | None = None
+    texts: tuple[str, ...] = ()  # bert with a checkpoint: real texts, tokenised by the checkpoint's tokenizer
 
 
 @dataclass
@@ -52,6 +55,9 @@ class CheckResult:
     files: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     lint: list[dict[str, Any]] = field(default_factory=list)
+    checkpoint: dict[str, Any] = field(default_factory=dict)
+    # every runtime's outputs in torch layout (and "embedding" for a bert checkpoint); not in the JSON
+    outputs: dict[str, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -59,7 +65,7 @@ class CheckResult:
             "passed": self.passed, "environment": self.environment,
             "comparisons": [c.to_dict() for c in self.comparisons],
             "tolerance": self.tolerance, "port": self.port, "runners": self.runners,
-            "files": self.files, "notes": self.notes, "lint": self.lint,
+            "files": self.files, "notes": self.notes, "lint": self.lint, "checkpoint": self.checkpoint,
         }
 
     @property
@@ -124,7 +130,11 @@ def run_check(options: CheckOptions, *, spec: Any = None,
         raise UsageError(f"--from must be 'torch' or 'tf', got {options.source!r}")
     if options.batch < 1:
         raise UsageError(f"--batch must be at least 1, got {options.batch}")
-    if spec is None:
+    if options.checkpoint is None and options.texts:
+        raise UsageError("--text/--text-file need --checkpoint DIR (the checkpoint's tokenizer tokenises them)")
+    if options.checkpoint is not None and options.source != "torch":
+        raise UsageError("--checkpoint imports a PyTorch checkpoint, so the source is torch: use --from torch")
+    if spec is None and options.checkpoint is None:
         try:
             spec = zoo.get(options.model, preset=options.preset)
         except (zoo.UnknownModelError, ValueError) as exc:
@@ -141,15 +151,20 @@ def run_check(options: CheckOptions, *, spec: Any = None,
     from zoo.weights import randomize
 
     src, dst = options.source, OTHER[options.source]
+    ckpt = _checkpoint_source(options, spec, progress) if options.checkpoint is not None else None
+    spec = ckpt.spec if ckpt else spec
     exporter = options.exporter or spec.torch_exporter
-    inputs = spec.example_inputs(options.batch, options.seed)
+    inputs = ckpt.inputs if ckpt else spec.example_inputs(options.batch, options.seed)
     per_fw = {fw: spec.inputs_for(fw, inputs) for fw in ("torch", "tf")}
 
     with tempfile.TemporaryDirectory(prefix="parity-") as tmp:
         work = out or Path(tmp)
-        progress(f"building the {src} twin of {spec.name} ({spec.preset}) with seed {options.seed}")
-        source_model = spec.build(src, options.seed)
-        randomize(source_model, src, options.seed)
+        if ckpt:  # trained weights: not randomized
+            source_model = ckpt.model
+        else:
+            progress(f"building the {src} twin of {spec.name} ({spec.preset}) with seed {options.seed}")
+            source_model = spec.build(src, options.seed)
+            randomize(source_model, src, options.seed)
         files = {"torch": work / "torch.onnx", "tf": work / "tf.onnx"}
         kw = dict(input_names=spec.input_names, output_names=spec.output_names)
         progress(f"exporting it to ONNX ({exporter if src == 'torch' else 'tf2onnx'}"
@@ -181,17 +196,91 @@ def run_check(options: CheckOptions, *, spec: Any = None,
             runner_info[label] = runner.describe()
 
         comparisons, tolerance = _compare_all(spec, options, outputs, src)
+        if ckpt and ckpt.pooling is not None:
+            comparisons += _compare_embeddings(ckpt, outputs, src, tolerance)
         result = CheckResult(
             model=spec.name, preset=spec.preset, source=src, target=dst,
             passed=all(comparisons), environment=capture(), comparisons=comparisons, tolerance=tolerance,
             port=report.to_dict(), runners=runner_info, lint=[f.to_dict() for f in findings],
             files={k: str(v) for k, v in {"torch_onnx": files["torch"], "tf_onnx": files["tf"],
                                           "weights": weights}.items() if out and v is not None},
+            checkpoint=ckpt.describe() if ckpt else {}, outputs=outputs,
+            notes=ckpt.notes if ckpt else [],
         )
         if out:
             write_json_atomic(out / "port_report.json", report.to_dict())
             result.files["port_report"] = str(out / "port_report.json")
     return result
+
+
+@dataclass
+class _Checkpoint:
+    spec: Any
+    model: Any
+    inputs: dict[str, np.ndarray]
+    imported: Any
+    pooling: Any = None  # parity.text.Pooling for bert: sentence embeddings are compared too
+    texts: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def describe(self) -> dict[str, Any]:
+        d = {"import": self.imported.to_dict(), "texts": self.texts}
+        if self.pooling is not None:
+            d["pooling"] = self.pooling.describe()
+        return d
+
+
+def _checkpoint_source(options: CheckOptions, spec: Any, progress: Callable[[str], None]) -> _Checkpoint:
+    """The imported torch twin and its inputs; a given ``spec`` lends its builders (tests plant bugs so)."""
+    import dataclasses
+
+    from parity import text
+    from zoo.checkpoints import FORMATS, HF_FORMAT, import_checkpoint
+
+    path = Path(options.checkpoint)  # type: ignore[arg-type]
+    hf = FORMATS.get(options.model) == HF_FORMAT
+    if options.texts and not hf:
+        raise UsageError(f"--text/--text-file are for bert checkpoints, not {options.model!r}")
+    progress(f"importing the checkpoint {path} into the {options.model} twin")
+    batch = text.encode(path, options.texts) if options.texts else None
+    if hf:
+        imported = import_checkpoint(options.model, path, **({"seq_len": batch.seq_len} if batch else {}))
+    else:
+        imported = import_checkpoint(options.model, path, preset=options.preset)
+    for line in imported.summary():
+        progress(line.strip())
+    ckpt_spec = imported.spec
+    if spec is not None:
+        ckpt_spec = dataclasses.replace(ckpt_spec, torch_builder=spec.torch_builder,
+                                        keras_builder=spec.keras_builder)
+    notes = [f"weights imported from {imported.path} ({imported.format}); not randomized", *imported.notes]
+    if batch is not None:
+        notes.append(f"{len(batch.texts)} texts tokenised with the checkpoint's tokenizer.json, padded to "
+                     f"{batch.seq_len} tokens (truncation at {batch.max_length})")
+        if batch.truncated:
+            notes.append(f"texts {batch.truncated} were truncated to {batch.max_length} tokens")
+        inputs = batch.inputs
+    else:
+        inputs = ckpt_spec.example_inputs(options.batch, options.seed)
+    pooling = text.read_pooling(path) if hf else None
+    if pooling is not None:
+        notes.append(f"sentence embeddings: {pooling.describe()}")
+    return _Checkpoint(spec=ckpt_spec, model=imported.model, inputs=inputs, imported=imported, pooling=pooling,
+                       texts=batch.texts if batch else [], notes=notes)
+
+
+def _compare_embeddings(ckpt: _Checkpoint, outputs: dict[str, dict[str, np.ndarray]], src: str,
+                        info: dict[str, Any]) -> list[Comparison]:
+    """Pool every runtime's last_hidden_state as the checkpoint declares and compare the embeddings."""
+    from parity.text import EMBEDDING_TOLERANCE, MIN_COSINE, compare_embeddings, pool
+
+    mask = ckpt.inputs["attention_mask"]
+    for label in outputs:
+        outputs[label]["embedding"] = pool(outputs[label]["last_hidden_state"], mask, ckpt.pooling)
+    info["embedding"] = {"atol": EMBEDDING_TOLERANCE.atol, "min_cosine_per_sentence": MIN_COSINE,
+                         "reason": EMBEDDING_TOLERANCE.reason, "pooling": ckpt.pooling.describe()}
+    return [compare_embeddings(outputs[label]["embedding"], outputs[src]["embedding"], a=label, b=src)
+            for label in ("torch", "tf", "ort-torch", "ort-tf") if label != src]
 
 
 def _compare_all(spec: Any, options: CheckOptions, outputs: dict[str, dict[str, np.ndarray]],
@@ -236,5 +325,6 @@ def format_table(result: CheckResult) -> str:
         rows.append("  " + c.explain())
     for f in result.lint:
         rows.append("  semantic mismatch: " + f["message"])
+    rows += [f"  note: {n}" for n in result.notes]
     rows.append("PASSED" if result.passed else f"FAILED: {len(result.failures)} of {len(result.comparisons)} comparisons")
     return "\n".join(rows)

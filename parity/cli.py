@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--all", action="store_true", help="check every zoo model, both directions unless --from")
     check.add_argument("--from", dest="source", choices=("torch", "tf"),
                        help="framework of the source twin whose weights are ported (default: torch)")
-    check.add_argument("--preset", default="small", help="zoo preset (default: small)")
+    check.add_argument("--preset", help="zoo preset (default: small; with a torchvision --checkpoint: standard)")
     check.add_argument("--batch", type=_positive_int, default=2, help="batch size of the seeded inputs (default: 2)")
     check.add_argument("--seed", type=int, default=0, help="seed for weights and inputs (default: 0)")
     check.add_argument("--atol", type=_nonneg_float, help="absolute tolerance (default: the spec's, scaled to the output)")
@@ -79,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a semantic-defaults mismatch between the twins (epsilon, momentum, GELU form...) is an error")
     check.add_argument("--json", type=Path, metavar="PATH", help="write the result as JSON")
     check.add_argument("--out", type=Path, metavar="DIR", help="keep the ONNX files, ported weights and port report")
+    check.add_argument("--checkpoint", type=Path, metavar="PATH",
+                       help="source weights from a published checkpoint (see `parity import`), not randomized")
+    check.add_argument("--text", action="append", default=[], metavar="TEXT",
+                       help="bert --checkpoint: a real input text (repeatable; one padded batch)")
+    check.add_argument("--text-file", type=Path, metavar="PATH", help="bert --checkpoint: texts, one per line")
 
     doctor = sub.add_parser("doctor", help="print versions, devices, providers, threads and precision settings")
     doctor.add_argument("--json", action="store_true", help="print JSON")
@@ -86,9 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     lst = sub.add_parser("list", help="list the zoo models")
     lst.add_argument("--json", action="store_true", help="print JSON")
 
-    from parity import port_cmd
+    from parity import import_cmd, port_cmd
 
     port_cmd.add_command(sub)
+    import_cmd.add_command(sub)
     try:
         from parity import bench_cli
     except ImportError:
@@ -114,6 +120,13 @@ def cmd_check(args: argparse.Namespace) -> int:
         raise ParityError("give one model name, or --all for every zoo model (not both)")
     if args.all and args.out:
         raise ParityError("--out keeps one model's files; it cannot be combined with --all")
+    if args.all and args.checkpoint:
+        raise ParityError("--checkpoint is one model's weights; it cannot be combined with --all")
+    args.preset = args.preset or ("standard" if args.checkpoint else "small")
+    if args.text_file:
+        from parity.text import read_texts
+
+        args.text = [*args.text, *read_texts(args.text_file)]
     import zoo
 
     models = zoo.names() if args.all else [args.model]
@@ -125,6 +138,7 @@ def cmd_check(args: argparse.Namespace) -> int:
                 model=model, source=source, preset=args.preset, batch=args.batch, seed=args.seed,
                 atol=args.atol, rtol=args.rtol, device=args.device, threads=args.threads, precision=args.precision,
                 exporter=args.exporter, lossless=args.lossless, strict=args.strict, out=args.out,
+                checkpoint=args.checkpoint, texts=tuple(args.text),
             )
             result = run_check(options)
             print(format_table(result))
@@ -180,7 +194,10 @@ def cmd_list(args: argparse.Namespace) -> int:
                "inputs": [{"name": s.name, "shape": list(s.shape), "dtype": s.dtype, "layout": s.layout}
                           for s in spec.inputs]}
         if args.json:
-            row["parameters"] = _param_counts(spec)
+            row["parameters"] = _param_counts(spec)  # at the default (small) preset
+            if spec.param_difference:
+                row["parameter_difference"] = {"torch_minus_tf": spec.param_difference,
+                                               "reason": spec.param_difference_reason}
         rows.append(row)
     if args.json:
         print(json.dumps(rows, indent=2))

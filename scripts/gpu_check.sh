@@ -20,7 +20,6 @@ DEVICE="${GPU_CHECK_DEVICE:-cuda}"
 OUT_DIR="${GPU_CHECK_OUT:-${OUT:-/tmp/parity-gpu-check}}"
 TOTAL_S="${GPU_CHECK_SECONDS:-450}"   # 7.5 minutes: the whole run stays under 8
 BUDGET="${GPU_CHECK_BUDGET:-0.5}"     # seconds of timed calls per benchmark cell
-mkdir -p "$OUT_DIR"
 START=$SECONDS
 FAILED=0
 
@@ -80,6 +79,8 @@ if [ "$DEVICE" = cuda ] && ! "$PY" -c 'import torch, sys; sys.exit(0 if torch.cu
     echo "gpu-check: no GPU on this machine; nothing to check (GPU_CHECK_DEVICE=cpu runs a dry run)"
     exit 0
 fi
+
+mkdir -p "$OUT_DIR"
 
 # ---------------------------------------------------------------------------- 1. parity
 step "parity: fp32 strict (TF32 off) and TF32 on, against a float64 reference" 150 "$PY" - "$DEVICE" <<'EOF'
@@ -153,7 +154,9 @@ for name, preset in CASES:
 sys.exit(1 if failures else 0)
 EOF
 
-if "$PY" -m parity.cli check --help 2>/dev/null | grep -q -- "--device"; then
+if ! "$PY" -c 'import importlib.util, sys; sys.exit(0 if importlib.util.find_spec("tensorflow") else 1)'; then
+    echo "== parity check (torch vs Keras vs ONNX Runtime): skipped, TensorFlow is not installed here"
+elif "$PY" -m parity.cli check --help 2>/dev/null | grep -q -- "--device"; then
     step "parity check mlp --device $DEVICE (fp32, TF32 off)" 90 "$PY" -m parity.cli check mlp --device "$DEVICE"
     if "$PY" -m parity.cli check --help 2>/dev/null | grep -q -- "--precision"; then
         step "parity check mlp --device $DEVICE --precision tf32" 90 \

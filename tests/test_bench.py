@@ -326,6 +326,7 @@ def test_smoke_training_modes_are_measured_or_explained() -> None:
     _check_cells(data, TRAINING_RUNTIMES, (4,), min_runs=3)
     eager = next(c for c in data["cells"] if c["runtime"] == "torch-eager")
     assert eager["status"] == "ok" and eager["settings"]["optimizer"] == "SGD"
+    assert eager["settings"]["loss"] == "cross_entropy"  # mlp ends in [batch, classes] logits
     assert eager["settings"]["learning_rate"] == 0.01 and eager["settings"]["momentum"] == 0.9
     assert eager["flops"] == 3 * 4 * 13568  # training step counted as 3x the forward
 

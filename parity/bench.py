@@ -946,15 +946,9 @@ def capture_environment(modules: Mapping[str, Any], device: str, settings: Mappi
 
 
 def _versions() -> dict[str, str | None]:
-    names = ["numpy", "torch", "tensorflow", "tensorflow-cpu", "keras", "onnx", "onnxruntime", "onnxruntime-gpu",
-             "tf2onnx", "onnxscript"]
-    out: dict[str, str | None] = {}
-    for name in names:
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return out
+    from parity.env import versions
+
+    return {k: v for k, v in versions().items() if v is not None and k != "python"}
 
 
 def _cpu_model() -> str:

@@ -29,7 +29,7 @@ def _add_bench(subparsers: Any) -> None:
     p = subparsers.add_parser("bench", help="time inference (or training) across torch, TF and ONNX Runtime",
                               description="Time a zoo model in every runtime and execution mode, with equal "
                                           "threads, explicit precision and synchronised clocks.")
-    p.add_argument("model", help="zoo model name (see `parity models`)")
+    p.add_argument("model", help="zoo model name (see `parity list`)")
     p.add_argument("--preset", default="small", help="model size preset (default: small)")
     p.add_argument("--batch", default="1,8,32", help="comma-separated batch sizes (default: 1,8,32)")
     p.add_argument("--train", action="store_true",

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +12,7 @@ from typing import Any, Literal
 import numpy as np
 
 from converters.errors import ConversionError
+from parity.files import atomic_path
 
 # One opset for every exporter: tf2onnx supports up to 18, and the torch exporters
 # produce 18 natively, so graphs from both sides use the same operator semantics.
@@ -26,13 +25,6 @@ TORCH_EXPORTERS: tuple[str, ...] = ("dynamo", "legacy")
 # (BatchNorm not folded into the preceding conv). tf2onnx runs TensorFlow's grappler,
 # which folds gamma/sqrt(var+eps) into one constant: nothing separates them again.
 LOSSLESS_SUPPORT: dict[str, bool] = {"dynamo": True, "legacy": True, "tf2onnx": False}
-
-
-def _atomic_target(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".onnx.tmp", dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
 
 
 def export_torch(
@@ -56,11 +48,11 @@ def export_torch(
     if exporter not in TORCH_EXPORTERS:
         raise ConversionError(f"unknown torch exporter {exporter!r}; choose one of {', '.join(TORCH_EXPORTERS)}")
     path = Path(path)
-    tmp = _atomic_target(path)
     args = tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in example_inputs)
     model = model.eval()
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        with atomic_path(path, suffix=".onnx") as tmp, warnings.catch_warnings(), \
+                contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             if exporter == "dynamo":
                 dims = None
@@ -80,14 +72,11 @@ def export_torch(
                     training=torch.onnx.TrainingMode.PRESERVE if lossless else torch.onnx.TrainingMode.EVAL,
                     do_constant_folding=not lossless,
                 )
-        check_onnx(tmp)
-        os.replace(tmp, path)
+            check_onnx(tmp)
     except ConversionError:
         raise
     except Exception as exc:  # exporter internals raise anything; report it as ours to explain
         raise ConversionError(f"torch {exporter} export of {type(model).__name__} failed: {exc}") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -113,7 +102,6 @@ def export_keras(
     def call(*xs: Any) -> Any:
         return model(list(xs) if len(xs) > 1 else xs[0], training=False)
 
-    tmp = _atomic_target(path)
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
@@ -123,16 +111,13 @@ def export_keras(
 
         _reject_unconverted_ops(proto, model.name)
         _rename_outputs(proto, output_names)
-
-        onnx.save(proto, str(tmp))
-        check_onnx(tmp)
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=".onnx") as tmp:
+            onnx.save(proto, str(tmp))
+            check_onnx(tmp)
     except ConversionError:
         raise
     except Exception as exc:
         raise ConversionError(f"tf2onnx export of Keras model {model.name!r} failed: {exc}") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

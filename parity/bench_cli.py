@@ -7,7 +7,6 @@ Until ``parity.cli`` registers these, ``python -m parity.bench_cli bench mlp`` w
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -17,6 +16,7 @@ from typing import Any
 
 from parity.bench import INFERENCE_RUNTIMES as RUNTIME_CHOICES  # numpy only: no framework import
 from parity.errors import UsageError
+from parity.files import write_json_atomic
 
 
 def add_commands(subparsers: Any) -> None:
@@ -195,25 +195,8 @@ def _import_torch_first() -> None:
 
 
 def write_json(path: Path, data: Mapping[str, Any]) -> None:
-    """Write ``data`` as JSON through a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.chmod(tmp, default_file_mode())  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def default_file_mode() -> int:
-    """0666 less the process umask: what open() would have given a new file."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
+    """Write ``data`` as JSON atomically (temporary file, then rename)."""
+    write_json_atomic(path, data)
 
 
 _COLUMNS = ("batch", "runtime", "median ms", "p90 ms", "p99 ms", "min ms", "stdev ms", "runs", "first ms",

@@ -31,10 +31,11 @@ EMBEDDING_TOLERANCE = Tolerance(
     rtol=0.0,
     scale_relative=False,
     reason=(
-        "sentence embeddings, absolute: mean pooling averages float32 hidden states whose runtime-to-runtime "
-        "gaps (summation order in matmuls with K <= intermediate, softmax, LayerNorm) are ~1e-6 of their scale; "
-        "a unit-normalised embedding has components <= ~0.3, so 1e-5 is ~30x the measured gap and still "
-        "catches a Keras-default LayerNorm epsilon (1e-3) or tanh-GELU by orders of magnitude"
+        "sentence embeddings, absolute (unit-normalised ones have components <= ~0.3): pooling averages float32 "
+        "hidden states whose runtime-to-runtime gaps come from summation order (matmuls with K <= intermediate, "
+        "softmax, LayerNorm); all-MiniLM-L6-v2 on 24 real sentences measured <= 3.0e-7 between torch, Keras, "
+        "ONNX Runtime and sentence-transformers on CPU, so 1e-5 leaves >30x, while a Keras-default LayerNorm "
+        "epsilon (1e-3) moves them by 8e-3"
     ),
 )
 MIN_COSINE = 0.99999  # per sentence; embeddings are compared by cosine similarity downstream

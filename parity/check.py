@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import tempfile
@@ -15,6 +14,7 @@ import numpy as np
 
 from parity.compare import Comparison, compare
 from parity.errors import NonFiniteOutputError, UsageError
+from parity.files import atomic_path, write_json_atomic
 
 OTHER = {"torch": "tf", "tf": "torch"}
 
@@ -38,6 +38,14 @@ class CheckOptions:
     # a published checkpoint as the (torch) source instead of a seeded random twin; see zoo.checkpoints
     checkpoint: Path | None = None
     texts: tuple[str, ...] = ()  # bert with a checkpoint: real texts, tokenised by the checkpoint's tokenizer
+    # diagnostics (parity.diagnostics); layer-by-layer localisation also runs whenever a comparison fails
+    layers: bool = False
+    grads: bool = False
+    train_steps: int = 0  # 0: no training-step parity
+    optimizers: tuple[str, ...] = ("sgd", "adam")
+    loss: str = "mse"  # for --grads and --train-steps: "mse" or "xent"
+    plot: Path | None = None  # layer error against depth (implies layers)
+    strict_tolerances: bool = False  # take tolerances as given: no growth with depth or steps
 
 
 @dataclass
@@ -58,6 +66,9 @@ class CheckResult:
     checkpoint: dict[str, Any] = field(default_factory=dict)
     # every runtime's outputs in torch layout (and "embedding" for a bert checkpoint); not in the JSON
     outputs: dict[str, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
+    layers: dict[str, Any] | None = None  # parity.localize.LayerReport.to_dict()
+    gradients: dict[str, Any] | None = None  # parity.grads.GradReport.to_dict()
+    training: dict[str, Any] | None = None  # parity.training.TrainingReport.to_dict()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -66,6 +77,7 @@ class CheckResult:
             "comparisons": [c.to_dict() for c in self.comparisons],
             "tolerance": self.tolerance, "port": self.port, "runners": self.runners,
             "files": self.files, "notes": self.notes, "lint": self.lint, "checkpoint": self.checkpoint,
+            "layers": self.layers, "gradients": self.gradients, "training": self.training,
         }
 
     @property
@@ -87,33 +99,20 @@ def prepare_out_dir(out: Path | None) -> Path | None:
     return out
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, default=str)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_weights_atomic(model: Any, framework: str, folder: Path) -> Path:
     """The ported weights in the framework's native format: safetensors or .weights.h5."""
     if framework == "torch":
         from safetensors.torch import save_file
 
         path = folder / "target.safetensors"
-        tmp = folder / ".target.tmp.safetensors"
         state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp))
+        with atomic_path(path) as tmp:
+            save_file(state, str(tmp))
     else:
         path = folder / "target.weights.h5"
-        tmp = folder / ".target.tmp.weights.h5"
-        model.save_weights(str(tmp))
-    os.replace(tmp, path)
+        with atomic_path(path, suffix=".weights.h5") as tmp:
+            tmp.unlink()  # Keras refuses to overwrite without asking
+            model.save_weights(str(tmp))
     return path
 
 
@@ -207,6 +206,9 @@ def run_check(options: CheckOptions, *, spec: Any = None,
             checkpoint=ckpt.describe() if ckpt else {}, outputs=outputs,
             notes=ckpt.notes if ckpt else [],
         )
+        from parity.diagnostics import diagnose
+
+        diagnose(result, options, spec=spec, models=models, files=files, port=report, inputs=inputs, progress=progress)
         if out:
             write_json_atomic(out / "port_report.json", report.to_dict())
             result.files["port_report"] = str(out / "port_report.json")
@@ -316,15 +318,17 @@ def format_table(result: CheckResult) -> str:
     head = (f"parity check {result.model} ({result.preset}): {result.source} -> {result.target}, "
             f"ported {len(result.port['layers'])} layers "
             f"({sum(1 for x in result.port['layers'] if x['status'] == 'exact')} exact)")
-    cols = f"  {'a':<10}{'b':<7}{'output':<10}{'max_abs':>10}{'max_rel':>10}{'mean_abs':>10}{'cosine':>12}{'atol':>10}  verdict"
+    w = max([len("output"), *(len(c.output) for c in result.comparisons)]) + 2
+    cols = f"  {'a':<10}{'b':<7}{'output':<{w}}{'max_abs':>10}{'max_rel':>10}{'mean_abs':>10}{'cosine':>12}{'atol':>10}  verdict"
     rows = [head, cols]
     for c in result.comparisons:
-        rows.append(f"  {c.a:<10}{c.b:<7}{c.output:<10}{c.max_abs:>10.2e}{c.max_rel:>10.2e}{c.mean_abs:>10.2e}"
+        rows.append(f"  {c.a:<10}{c.b:<7}{c.output:<{w}}{c.max_abs:>10.2e}{c.max_rel:>10.2e}{c.mean_abs:>10.2e}"
                     f"{c.cosine:>12.8f}{c.atol:>10.2e}  {'ok' if c else 'FAIL'}")
     for c in result.failures:
         rows.append("  " + c.explain())
     for f in result.lint:
         rows.append("  semantic mismatch: " + f["message"])
     rows += [f"  note: {n}" for n in result.notes]
-    rows.append("PASSED" if result.passed else f"FAILED: {len(result.failures)} of {len(result.comparisons)} comparisons")
+    rows.append("PASSED" if result.passed else f"FAILED: {len(result.failures)} of {len(result.comparisons)} comparisons"
+                if result.failures else "FAILED: the outputs agree; a requested diagnostic does not (see below)")
     return "\n".join(rows)

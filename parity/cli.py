@@ -84,6 +84,23 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--text", action="append", default=[], metavar="TEXT",
                        help="bert --checkpoint: a real input text (repeatable; one padded batch)")
     check.add_argument("--text-file", type=Path, metavar="PATH", help="bert --checkpoint: texts, one per line")
+    diag = check.add_argument_group("diagnostics (layer-by-layer localisation also runs whenever a check fails)")
+    diag.add_argument("--layers", action="store_true",
+                      help="compare every named layer's activation in torch, Keras and ONNX Runtime; name the first "
+                           "over tolerance")
+    diag.add_argument("--grads", action="store_true",
+                      help="compare every parameter's gradient of the same loss on the same batch")
+    diag.add_argument("--train-steps", type=_positive_int, nargs="?", const=5, default=0, metavar="N",
+                      help="take N optimizer steps in both twins and compare losses, parameters and running "
+                           "statistics (N defaults to 5)")
+    diag.add_argument("--optimizer", choices=("sgd", "adam", "both"), default="both",
+                      help="optimizer(s) for --train-steps (default: both)")
+    diag.add_argument("--loss", choices=("mse", "xent"), default="mse",
+                      help="loss for --grads/--train-steps: mse against seeded targets, or cross-entropy on seeded "
+                           "labels (default: mse)")
+    diag.add_argument("--plot", type=Path, metavar="PATH", help="plot layer error against depth (log scale) to PATH")
+    diag.add_argument("--strict-tolerances", action="store_true",
+                      help="take tolerances as given at every layer and step (no growth with depth or steps)")
 
     doctor = sub.add_parser("doctor", help="print versions, devices, providers, threads and precision settings")
     doctor.add_argument("--json", action="store_true", help="print JSON")
@@ -120,6 +137,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         raise ParityError("give one model name, or --all for every zoo model (not both)")
     if args.all and args.out:
         raise ParityError("--out keeps one model's files; it cannot be combined with --all")
+    if args.all and args.plot:
+        raise ParityError("--plot draws one model's layers; it cannot be combined with --all")
     if args.all and args.checkpoint:
         raise ParityError("--checkpoint is one model's weights; it cannot be combined with --all")
     args.preset = args.preset or ("standard" if args.checkpoint else "small")
@@ -139,9 +158,16 @@ def cmd_check(args: argparse.Namespace) -> int:
                 atol=args.atol, rtol=args.rtol, device=args.device, threads=args.threads, precision=args.precision,
                 exporter=args.exporter, lossless=args.lossless, strict=args.strict, out=args.out,
                 checkpoint=args.checkpoint, texts=tuple(args.text),
+                layers=args.layers, grads=args.grads, train_steps=args.train_steps, loss=args.loss, plot=args.plot,
+                optimizers=("sgd", "adam") if args.optimizer == "both" else (args.optimizer,),
+                strict_tolerances=args.strict_tolerances,
             )
             result = run_check(options)
             print(format_table(result))
+            if result.layers or result.gradients or result.training:
+                from parity.diagnostics import format_diagnostics
+
+                print(format_diagnostics(result))
             results.append(result)
     passed = all(r.passed for r in results)
     if args.all:

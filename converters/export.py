@@ -187,6 +187,8 @@ def check_onnx(path: str | Path) -> None:
     except Exception as exc:
         raise ConversionError(f"{path}: onnx.checker rejected the model: {exc}") from exc
     try:
-        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3  # a load failure raises; its warnings are noise
+        ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as exc:
         raise ConversionError(f"{path}: ONNX Runtime cannot load the model: {exc}") from exc

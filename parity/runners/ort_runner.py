@@ -13,6 +13,7 @@ from parity.runners.base import Runner
 
 def session_options(threads: int | None, optimize: bool = True) -> ort.SessionOptions:
     opts = ort.SessionOptions()
+    opts.log_severity_level = 3  # errors only: graph-optimiser warnings (CastLike, unused initializers) are noise here
     if threads is not None:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1

@@ -17,8 +17,9 @@ import numpy as np
 
 from converters.errors import WeightMappingError
 from converters.graph import Graph, fold, load_onnx
-from converters.params import ParamGroup, param_groups, unfuse_attention
+from converters.params import ParamGroup, param_groups
 from converters.report import LayerPort, PortReport
+from converters.rules.attention import unfuse_attention
 from converters.targets import TargetLayer, framework_of, target_layers
 
 

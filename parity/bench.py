@@ -6,7 +6,8 @@ budget *and* a minimum count; one thread budget for every framework, recorded; p
 set explicitly per framework (TF32 off for fp32); inputs resident on the device unless
 copies are asked for; peak memory from each framework's allocator on GPU, RSS on CPU.
 
-``measure`` is the core and knows nothing of frameworks. ``Bench`` turns a zoo spec
+``parity.timing.measure`` is the core and knows nothing of frameworks (re-exported here
+with ``Stats`` and ``Measurement``); ``parity.bench_env`` records the environment. ``Bench`` turns a zoo spec
 into *cases* (a call and its sync) for each runtime and batch size, and cells (the
 statistics, or the reason a runtime was skipped) into a ``BenchResult``.
 """
@@ -17,21 +18,18 @@ import contextlib
 import dataclasses
 import importlib
 import os
-import platform
-import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from parity.bench_env import _load_average, capture_environment, default_threads
 from parity.errors import UsageError
+from parity.timing import Measurement, Stats, _noop, measure
 
-Clock = Callable[[], float]
 Progress = Callable[[str], None]
 
 INFERENCE_RUNTIMES: tuple[str, ...] = (
@@ -55,98 +53,6 @@ LOSSES = {
 # the weight gradient), the usual convention for training FLOPs.
 TRAINING_FLOPS_FACTOR = 3
 
-
-# ============================================================================ statistics
-
-
-@dataclass(frozen=True)
-class Stats:
-    """Summary of per-call durations in seconds."""
-
-    count: int
-    median_s: float
-    p90_s: float
-    p99_s: float
-    min_s: float
-    max_s: float
-    mean_s: float
-    stdev_s: float
-
-    @classmethod
-    def of(cls, samples: Sequence[float]) -> Stats:
-        """Statistics of ``samples``: percentiles interpolate linearly, stdev is the sample stdev."""
-        if len(samples) == 0:
-            raise ValueError("no samples to summarise")
-        a = np.asarray(samples, dtype=np.float64)
-        p50, p90, p99 = np.percentile(a, [50, 90, 99])
-        return cls(count=int(a.size), median_s=float(p50), p90_s=float(p90), p99_s=float(p99),
-                   min_s=float(a.min()), max_s=float(a.max()), mean_s=float(a.mean()),
-                   stdev_s=float(a.std(ddof=1)) if a.size > 1 else 0.0)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-@dataclass(frozen=True)
-class Measurement:
-    """What ``measure`` saw: the first call apart, then the steady-state statistics."""
-
-    first_call_s: float
-    warmup_runs: int
-    stats: Stats
-    loop_s: float  # wall time of the timed loop, clock reads included
-
-
-def measure(fn: Callable[[], Any], sync: Callable[[], Any] | None = None, *, budget_s: float = 1.0,
-            min_runs: int = 10, warmup: int = 3, warmup_s: float = 0.0, max_runs: int | None = None,
-            clock: Clock = time.perf_counter) -> Measurement:
-    """Time ``fn`` (then ``sync``) until ``budget_s`` has passed *and* ``min_runs`` calls were timed.
-
-    The first call (compilation, autotuning, allocation) is timed on its own and kept out of
-    the statistics; then ``warmup`` calls, continued until ``warmup_s`` has passed, are not
-    timed. ``max_runs`` caps the timed calls (never below ``min_runs``). ``clock`` is
-    injectable so tests can run on known durations.
-    """
-    _check_measure_args(budget_s, min_runs, warmup, warmup_s, max_runs)
-    sync = sync or _noop
-    t0 = clock()
-    fn()
-    sync()
-    first = clock() - t0
-    warmed = _warm_up(fn, sync, warmup, warmup_s, clock)
-    samples: list[float] = []
-    start = clock()
-    while True:
-        t0 = clock()
-        fn()
-        sync()
-        t1 = clock()
-        samples.append(t1 - t0)
-        if len(samples) >= min_runs and (t1 - start >= budget_s or (max_runs and len(samples) >= max_runs)):
-            break
-    return Measurement(first_call_s=first, warmup_runs=warmed, stats=Stats.of(samples), loop_s=clock() - start)
-
-
-def _check_measure_args(budget_s: float, min_runs: int, warmup: int, warmup_s: float, max_runs: int | None) -> None:
-    if budget_s < 0 or warmup_s < 0:
-        raise ValueError(f"budgets must be >= 0 seconds, got budget_s={budget_s}, warmup_s={warmup_s}")
-    if min_runs < 1 or warmup < 0:
-        raise ValueError(f"need min_runs >= 1 and warmup >= 0, got {min_runs} and {warmup}")
-    if max_runs is not None and max_runs < 1:
-        raise ValueError(f"max_runs must be >= 1, got {max_runs}")
-
-
-def _warm_up(fn: Callable[[], Any], sync: Callable[[], Any], runs: int, seconds: float, clock: Clock) -> int:
-    start, done = clock(), 0
-    while done < runs or (seconds > 0 and clock() - start < seconds):
-        fn()
-        sync()
-        done += 1
-    return done
-
-
-def _noop() -> None:
-    return None
 
 
 # ============================================================================ results
@@ -288,14 +194,6 @@ def select_runtimes(requested: Sequence[str] | None, train: bool) -> tuple[str, 
         raise UsageError(f"none of {list(requested)} has a {'training' if train else 'inference'} mode; "
                          f"choose from {', '.join(known)}")
     return selected
-
-
-def default_threads() -> int:
-    """The cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 # ============================================================================ cases
@@ -919,76 +817,6 @@ def _progress_line(cell: Cell) -> str:
     return f"  {cell.runtime} batch={cell.batch}: {cell.status}: {cell.reason}"
 
 
-# ============================================================================ environment
-
-
-def _load_average() -> float | None:
-    """The host's 1-minute load average: above the thread count, other processes compete for the cores."""
-    try:
-        return round(os.getloadavg()[0], 2)
-    except (AttributeError, OSError):
-        return None
-
-
-def capture_environment(modules: Mapping[str, Any], device: str, settings: Mapping[str, Any]) -> dict[str, Any]:
-    """Versions, host, device, driver, CUDA/cuDNN, threads and precision settings."""
-    env: dict[str, Any] = {
-        "python": platform.python_version(), "platform": platform.platform(), "cpu": _cpu_model(),
-        "logical_cores": os.cpu_count(), "usable_cores": default_threads(), "versions": _versions(),
-        "device": device, "threads": dict(settings.get("threads", {})),
-        "precision": dict(settings.get("precision", {})),
-    }
-    if "ort" in modules:
-        env["onnxruntime_providers"] = list(modules["ort"].get_available_providers())
-    env.update(_gpu_environment(modules, device))
-    return env
-
-
-def _versions() -> dict[str, str | None]:
-    from parity.env import versions
-
-    return {k: v for k, v in versions().items() if v is not None and k != "python"}
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _gpu_environment(modules: Mapping[str, Any], device: str) -> dict[str, Any]:
-    if device != "cuda":
-        return {"device_name": _cpu_model()}
-    out: dict[str, Any] = {}
-    torch = modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        out.update({"device_name": torch.cuda.get_device_name(0), "cuda": torch.version.cuda,
-                    "cudnn": torch.backends.cudnn.version()})
-    tf = modules.get("tf")
-    if tf is not None:
-        info = tf.sysconfig.get_build_info()
-        out["tf_build"] = {"cuda": info.get("cuda_version"), "cudnn": info.get("cudnn_version")}
-    out.update(_nvidia_smi())
-    return out
-
-
-def _nvidia_smi() -> dict[str, Any]:
-    """Driver and clocks from nvidia-smi, when it is on PATH."""
-    exe = shutil.which("nvidia-smi")
-    if exe is None:
-        return {}
-    fields = "name,driver_version,clocks.sm,clocks.max.sm,clocks.mem,power.limit"
-    try:
-        text = subprocess.run([exe, f"--query-gpu={fields}", "--format=csv,noheader"], capture_output=True,
-                              text=True, timeout=10, check=True).stdout.strip().splitlines()[0]
-    except (OSError, subprocess.SubprocessError, IndexError):
-        return {}
-    return {"nvidia_smi": dict(zip(fields.split(","), [v.strip() for v in text.split(",")], strict=False))}
 
 
 def run_benchmark(spec: Any, config: BenchConfig, progress: Progress | None = None) -> BenchResult:

@@ -32,7 +32,7 @@ test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
 lint: $(STAMP)
-	$(BIN)/ruff check parity converters zoo tests scripts
+	$(BIN)/ruff check parity converters zoo tests scripts examples
 
 bench: $(STAMP)
 	$(BIN)/python scripts/bench.py

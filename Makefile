@@ -37,7 +37,8 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python scripts/bench.py
 
-gpu-check: $(STAMP)
+## no install step: a GPU machine may have no package index; the script uses .venv if present, else python3
+gpu-check:
 	bash scripts/gpu_check.sh
 
 clean:

@@ -1,8 +1,17 @@
-"""Conversion errors: each says what was received and what would fix it."""
+"""Errors that are the user's input, not our bug: each says what was received and what would fix it.
+
+``ParityError`` is the base of every such error in the project (the command line turns
+it into exit code 2); it lives here, at the lowest layer that raises it, so that
+``converters`` never imports ``parity``.
+"""
 
 from __future__ import annotations
 
-from parity.errors import ParityError
+
+class ParityError(Exception):
+    """Base class for errors that are the user's input, not our bug (exit code 2)."""
+
+    exit_code = 2
 
 
 class ConversionError(ParityError):

@@ -12,7 +12,7 @@ from typing import Any, Literal
 import numpy as np
 
 from converters.errors import ConversionError
-from parity.files import atomic_path
+from converters.files import atomic_path
 
 # One opset for every exporter: tf2onnx supports up to 18, and the torch exporters
 # produce 18 natively, so graphs from both sides use the same operator semantics.

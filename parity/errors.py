@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
+from converters.errors import ParityError
 
-class ParityError(Exception):
-    """Base class for errors that are the user's input, not our bug (exit code 2)."""
-
-    exit_code = 2
+__all__ = ["DeviceUnavailableError", "NonFiniteOutputError", "ParityError", "RunnerInputError", "UsageError"]
 
 
 class UsageError(ParityError):

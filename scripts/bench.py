@@ -24,8 +24,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import torch  # noqa: E402, F401  (torch before TensorFlow, always)
 
 import zoo  # noqa: E402
-from parity.bench import Bench, BenchConfig, measure, run_benchmark  # noqa: E402
-from parity.bench_cli import format_table, parse_batches, write_json  # noqa: E402
+from parity.bench.engine import Bench, BenchConfig, measure, run_benchmark  # noqa: E402
+from parity.cli.bench import format_table, parse_batches, write_json  # noqa: E402
 
 # Target from BENCHMARKING.md ("within a few percent"): the engine adds only a closure call
 # and a list append per run, so anything beyond 5% means it is timing itself, or the

@@ -170,7 +170,7 @@ fi
 bench() {  # bench NAME LIMIT ARGS...
     local name=$1 limit=$2
     shift 2
-    step "bench $name" "$limit" "$PY" -m parity.bench_cli bench "$@" --device "$DEVICE" --budget "$BUDGET" \
+    step "bench $name" "$limit" "$PY" -m parity.cli.bench bench "$@" --device "$DEVICE" --budget "$BUDGET" \
         --min-runs 10 --json "$OUT_DIR/bench_${name}.json"
 }
 bench mlp_fp32 90 mlp --preset standard --batch 1,32,256

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from parity import bench_cli
-from parity.bench import (
+from parity.bench.engine import (
     INFERENCE_RUNTIMES,
     TRAINING_RUNTIMES,
     BenchConfig,
@@ -23,6 +22,7 @@ from parity.bench import (
     measure,
     select_runtimes,
 )
+from parity.cli import bench as bench_cli
 from parity.errors import UsageError
 
 # ============================================================================ statistics
@@ -207,7 +207,7 @@ def test_write_json_is_atomic(tmp_path: Path) -> None:
 
 def test_plot_writes_a_png(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
-    from parity.bench_plot import measured_series, plot_bench
+    from parity.bench.plot import measured_series, plot_bench
 
     data = _result().to_dict()
     assert set(measured_series(data)) == {"torch-eager", "ort-cpu"}
@@ -226,7 +226,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 
 
 def test_cli_module_imports_no_framework() -> None:
-    code = ("import sys, parity.bench_cli; "
+    code = ("import sys, parity.cli.bench; "
             "bad = [m for m in ('torch', 'tensorflow', 'onnxruntime', 'keras') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -318,7 +318,7 @@ def test_smoke_records_environment_threads_precision_and_flops(mlp_inference: tu
 def test_smoke_training_modes_are_measured_or_explained() -> None:
     pytest.importorskip("torch")
     import zoo
-    from parity.bench import run_benchmark
+    from parity.bench.engine import run_benchmark
 
     config = BenchConfig(batches=(4,), train=True, device="cpu", threads=1, budget_s=0.01, min_runs=3, warmup=1,
                          probe_peak=False)

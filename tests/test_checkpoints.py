@@ -16,12 +16,11 @@ import numpy as np
 import pytest
 
 import zoo
+from converters.checkpoints import import_checkpoint
 from converters.errors import ConversionError, WeightMappingError
 from converters.lint import SemanticMismatchError
-from parity import text
-from parity.check import CheckOptions, CheckResult, run_check
+from parity.check import CheckOptions, CheckResult, run_check, text
 from parity.cli import main
-from zoo.checkpoints import import_checkpoint
 
 SENTENCES_FILE = Path(__file__).resolve().parent.parent / "examples" / "sentences.txt"
 PORTED = ("tf", "ort-torch", "ort-tf")  # the Keras port, and ONNX Runtime on the torch and on the Keras export

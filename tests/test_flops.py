@@ -11,7 +11,7 @@ onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 import zoo  # noqa: E402
-from parity.flops import (  # noqa: E402
+from parity.bench.flops import (  # noqa: E402
     FlopCount,
     achieved_gflops,
     count_flops,

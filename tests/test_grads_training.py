@@ -1,7 +1,7 @@
 """Gradient parity and training-step parity: every zoo model passes; planted bugs show where they should.
 
 Tolerances come from each zoo spec (scale-relative, written beside the model) and grow as
-parity.grads and parity.training explain (sqrt(2) for the backward pass; linearly with the
+parity.diagnostics.grads and parity.diagnostics.training explain (sqrt(2) for the backward pass; linearly with the
 steps; Adam's per-element allowance); tests assert the tools' verdicts and the reasons.
 """
 
@@ -14,8 +14,8 @@ import pytest
 from diagnostics_cache import TRAIN_STEPS, full_check
 
 import zoo
-from parity.grads import gradient_parity
-from parity.training import OptimizerConfig, train_parity, unbiased_correction
+from parity.diagnostics.grads import gradient_parity
+from parity.diagnostics.training import OptimizerConfig, train_parity, unbiased_correction
 
 ZOO = ["mlp", "cnn", "resnet18", "resnet50", "mobilenet_v2", "unet", "tcn", "lstm", "gru", "bert", "vit",
        "autoencoder"]
@@ -35,7 +35,7 @@ def test_every_zoo_model_passes_grads(model: str) -> None:
     assert grads["loss"]["passed"]
     assert grads["parameters"] and grads["first_divergence"] is None
     for row in grads["parameters"]:
-        # each gradient is judged relative to its layer's largest gradient (see parity.grads)
+        # each gradient is judged relative to its layer's largest gradient (see parity.diagnostics.grads)
         assert row["max_abs"] <= row["atol"] + row["rtol"] * row["scale"] or row["passed"]
 
 
@@ -163,7 +163,7 @@ def test_batchnorm_momentum_passed_through_unconverted_shows_only_at_the_running
 
 def test_running_variance_is_compared_after_the_unbiased_correction(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without the n / (n - 1) correction the running variances would differ; with it they agree."""
-    from parity import training
+    from parity.diagnostics import training
 
     history = [(np.array([0.5, 2.0]), 4), (np.array([1.0, 1.0]), 4)]
     m = 0.1

@@ -1,7 +1,7 @@
 """Layer-by-layer localisation: every zoo model passes, planted bugs are localised, ORT is left unchanged.
 
 Tolerances are the zoo spec's (written beside each model, relative to the activation's
-scale), growing with depth as parity.localize explains; tests assert the tool's verdicts
+scale), growing with depth as parity.diagnostics.localize explains; tests assert the tool's verdicts
 and, where a number is checked directly, say why that number.
 """
 
@@ -18,7 +18,7 @@ from diagnostics_cache import full_check
 import zoo
 from converters import layouts
 from parity.check import CheckOptions, run_check
-from parity.localize import DepthTolerance, depth_tolerance, localize, to_layout
+from parity.diagnostics.localize import DepthTolerance, depth_tolerance, localize, to_layout
 
 ZOO = ["mlp", "cnn", "resnet18", "resnet50", "mobilenet_v2", "unet", "tcn", "lstm", "gru", "bert", "vit",
        "autoencoder"]
@@ -45,7 +45,7 @@ def test_every_zoo_model_passes_layers(model: str) -> None:
     assert len(compared) >= 3  # every twin shares at least its parametric layer names
     for row in compared:
         assert "tf" in {c["a"] for c in row["comparisons"]} | {row["reference"]} or row["torch"] is None
-        # the spec's tolerance at the output, sqrt(d / D) of it at depth d (see parity.localize)
+        # the spec's tolerance at the output, sqrt(d / D) of it at depth d (see parity.diagnostics.localize)
         assert row["atol"] <= layers["tolerance"]["atol"] * row["scale"] * 1.000001
     for label, info in layers["ort"].items():
         assert info["outputs_identical"], f"{label}: extra outputs changed the final outputs ({info})"
@@ -170,7 +170,7 @@ def test_ort_localisation_does_not_change_what_is_checked(tmp_path: Path) -> Non
     import onnx
 
     from converters.export import export_model
-    from parity.localize import capture_ort
+    from parity.diagnostics.localize import capture_ort
     from parity.runners import make_runner
     from zoo.weights import randomize
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from zoo.checkpoints import load_checkpoint as load_checkpoint
 from zoo.spec import ModelSpec, TensorSpec, Tolerance
 
 SpecFactory = Callable[..., ModelSpec]

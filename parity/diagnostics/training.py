@@ -40,7 +40,7 @@ differences grow exponentially (resnet50 under Adam at lr 1e-3: the loss gap gro
 
 Tolerances grow with steps. A parameter is judged against the size of its layer's
 update (max |p_N - p_0|): each step's update carries the gradient's rounding
-(``parity.grads``: sqrt(2) x the spec's output tolerance), and after t steps those
+(``parity.diagnostics.grads``: sqrt(2) x the spec's output tolerance), and after t steps those
 errors, fed back through the changed parameters, have grown by up to a factor t, so
 step t gets ``t x`` that tolerance (losses too, relative to the loss). A float32 floor
 of ``4 * N * eps * max|p|`` covers the rounding of storing p + update in each framework.
@@ -63,8 +63,7 @@ from typing import Any
 
 import numpy as np
 
-from parity.errors import UsageError
-from parity.grads import (
+from parity.diagnostics.grads import (
     MIN_VALUES_PER_CHANNEL,
     BatchChoice,
     ParamRow,
@@ -79,6 +78,7 @@ from parity.grads import (
     torch_step,
     training_mode,
 )
+from parity.errors import UsageError
 
 F32_EPS = float(np.finfo(np.float32).eps)
 OPTIMIZERS = ("sgd", "adam")
@@ -483,7 +483,7 @@ def _run(spec: Any, torch_model: Any, keras_model: Any, cfg: OptimizerConfig, ba
         "losses": {"atol": f"{base.atol * grad_factor:.3g} x step x |loss|"},
         "strict": strict,
         "reason": ("taken as given (strict)" if strict else
-                   f"sqrt(2) x the spec's tolerance per step (a gradient's rounding, see parity.grads), growing "
+                   f"sqrt(2) x the spec's tolerance per step (a gradient's rounding, see parity.diagnostics.grads), growing "
                    f"linearly with the steps as earlier errors feed back through the parameters; spec: {base.reason}"),
     }
     if cfg.name == "adam" and not strict:

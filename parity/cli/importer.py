@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from converters.files import atomic_path
 from parity.errors import UsageError
-from parity.files import atomic_path
 
 
 def add_command(sub: Any) -> None:
@@ -39,7 +39,8 @@ def save_state_atomic(model: Any, path: Path, metadata: dict[str, str]) -> Path:
 
 
 def run_import(args: argparse.Namespace) -> int:
-    from parity.check import prepare_out_dir, write_json_atomic
+    from converters.files import write_json_atomic
+    from parity.check.pipeline import prepare_out_dir
 
     out = prepare_out_dir(args.out)
     if not args.path.exists():
@@ -47,7 +48,7 @@ def run_import(args: argparse.Namespace) -> int:
 
     import torch  # noqa: F401  (torch before TensorFlow)
 
-    from zoo.checkpoints import import_checkpoint
+    from converters.checkpoints import import_checkpoint
 
     imported = import_checkpoint(args.model, args.path, preset=args.preset)
     for line in imported.summary():

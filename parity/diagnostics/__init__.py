@@ -25,7 +25,7 @@ def diagnose(result: Any, options: Any, *, spec: Any, models: Mapping[str, Any],
     strict = bool(getattr(options, "strict_tolerances", False))
     steps = int(getattr(options, "train_steps", 0) or 0)
     if want_layers or plot is not None or not result.passed:
-        from parity.localize import depth_tolerance, localize
+        from parity.diagnostics.localize import depth_tolerance, localize
 
         why = "asked for" if want_layers or plot is not None else "a comparison failed"
         progress(f"localising layer by layer ({why})")
@@ -52,7 +52,7 @@ def diagnose(result: Any, options: Any, *, spec: Any, models: Mapping[str, Any],
         result.passed = False
         return
     if getattr(options, "grads", False):
-        from parity.grads import gradient_parity
+        from parity.diagnostics.grads import gradient_parity
 
         progress("comparing gradients of the same loss in both twins")
         grads = gradient_parity(spec, models["torch"], models["tf"], inputs, loss=getattr(options, "loss", "mse"),
@@ -60,7 +60,7 @@ def diagnose(result: Any, options: Any, *, spec: Any, models: Mapping[str, Any],
         result.gradients = grads.to_dict()
         result.passed = result.passed and grads.passed
     if steps:
-        from parity.training import train_parity
+        from parity.diagnostics.training import train_parity
 
         names = list(getattr(options, "optimizers", ("sgd", "adam")))
         progress(f"training both twins {steps} steps with {' and '.join(names)}")
@@ -75,7 +75,7 @@ def _inference_only(port: Any) -> str:
     """Why the port makes the twins agree in inference only (a BatchNorm folded away), or ''.
 
     An LSTM ported with one bias per gate is inference-only too, but training parity
-    aligns it (parity.training folds torch's b_hh into b_ih), so it does not count here.
+    aligns it (parity.diagnostics.training folds torch's b_hh into b_ih), so it does not count here.
     """
     layers = port.to_dict()["layers"] if hasattr(port, "to_dict") else (port or {}).get("layers", [])
     bad = [x for x in layers if x["status"] == "inference-only" and x["kind"] != "lstm"]

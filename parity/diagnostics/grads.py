@@ -17,7 +17,7 @@ gradient is the gradient of either torch bias (they are the same).
 
 Tolerances: the spec's tolerance is calibrated for the forward output (depth D). A
 gradient goes forward through the whole model and back through up to D layers again,
-about 2D float32 accumulations, so by the random-walk argument of ``parity.localize``
+about 2D float32 accumulations, so by the random-walk argument of ``parity.diagnostics.localize``
 it gets ``sqrt(2)`` times the output tolerance, relative to the largest gradient of the
 parameter's layer (so that a gradient that is zero in exact arithmetic, e.g. a bias just
 before a training-mode BatchNorm, is judged against its layer, not its own rounding

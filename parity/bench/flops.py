@@ -252,7 +252,7 @@ def matmul_peak(device: str = "cpu", precision: str = "fp32", n: int | None = No
     """Measure an n x n x n matmul with torch (threads and TF32 as already set) and return GFLOP/s."""
     import torch
 
-    from parity.bench import measure
+    from parity.bench.engine import measure
 
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
     n = n or (8192 if device == "cuda" else 1024)

@@ -60,7 +60,8 @@ def _load_source_weights(model: Any, framework: str, path: Path) -> None:
 
 def run_port(args: argparse.Namespace) -> int:
     import zoo
-    from parity.check import OTHER, prepare_out_dir, save_weights_atomic, write_json_atomic
+    from converters.files import write_json_atomic
+    from parity.check.pipeline import OTHER, prepare_out_dir, save_weights_atomic
 
     if args.onnx is None and args.source is None:
         raise UsageError("give --from torch|tf (port a built twin) or --onnx FILE (port an existing ONNX file)")

@@ -6,8 +6,8 @@ budget *and* a minimum count; one thread budget for every framework, recorded; p
 set explicitly per framework (TF32 off for fp32); inputs resident on the device unless
 copies are asked for; peak memory from each framework's allocator on GPU, RSS on CPU.
 
-``parity.timing.measure`` is the core and knows nothing of frameworks (re-exported here
-with ``Stats`` and ``Measurement``); ``parity.bench_env`` records the environment. ``Bench`` turns a zoo spec
+``parity.bench.timing.measure`` is the core and knows nothing of frameworks (re-exported here
+with ``Stats`` and ``Measurement``); ``parity.bench.environment`` records the environment. ``Bench`` turns a zoo spec
 into *cases* (a call and its sync) for each runtime and batch size, and cells (the
 statistics, or the reason a runtime was skipped) into a ``BenchResult``.
 """
@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from parity.bench_env import _load_average, capture_environment, default_threads
+from parity.bench.environment import _load_average, capture_environment, default_threads
+from parity.bench.timing import Measurement, Stats, _noop, measure
 from parity.errors import UsageError
-from parity.timing import Measurement, Stats, _noop, measure
 
 Progress = Callable[[str], None]
 
@@ -428,7 +428,7 @@ class Bench:
         """The spec exported to ONNX once (torch twin, dynamic batch); ``Skip`` if no exporter works."""
         if self._onnx is None and self._onnx_error is None:
             from converters.errors import ConversionError
-            from parity.flops import export_spec
+            from parity.bench.flops import export_spec
 
             try:
                 with _quiet():
@@ -443,7 +443,7 @@ class Bench:
         """Forward FLOPs at ``batch`` counted from the ONNX graph; None if it cannot be exported."""
         if batch not in self._flops:
             from converters.errors import ConversionError
-            from parity.flops import count_flops
+            from parity.bench.flops import count_flops
 
             try:
                 self._flops[batch] = count_flops(self.onnx_path(), batch).total
@@ -457,7 +457,7 @@ class Bench:
             return None
         if self.device == "cuda" and not self._modules["torch"].cuda.is_available():
             return None
-        from parity.flops import matmul_peak
+        from parity.bench.flops import matmul_peak
 
         if say:
             say(f"matmul peak probe on {self.device} ...")

@@ -1,7 +1,7 @@
 """`parity bench` and `parity flops`: argument parsing, the terminal table, JSON and plot output.
 
 No framework is imported at module import time; the handlers import what they need.
-Until ``parity.cli`` registers these, ``python -m parity.bench_cli bench mlp`` works too.
+Until ``parity.cli`` registers these, ``python -m parity.cli.bench bench mlp`` works too.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from parity.bench import INFERENCE_RUNTIMES as RUNTIME_CHOICES  # numpy only: no framework import
+from converters.files import write_json_atomic
+from parity.bench.engine import INFERENCE_RUNTIMES as RUNTIME_CHOICES  # numpy only: no framework import
 from parity.errors import UsageError
-from parity.files import write_json_atomic
 
 
 def add_commands(subparsers: Any) -> None:
@@ -109,7 +109,7 @@ def _check_writable(path: Path | None, option: str) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
-    from parity.bench import BenchConfig
+    from parity.bench.engine import BenchConfig
 
     if args.budget < 0:
         raise UsageError(f"--budget must be >= 0 seconds, got {args.budget}")
@@ -132,7 +132,7 @@ def run_bench(args: argparse.Namespace) -> int:
     _check_writable(args.json, "--json")
     _check_writable(args.plot, "--plot")
     _import_torch_first()
-    from parity.bench import run_benchmark
+    from parity.bench.engine import run_benchmark
 
     result = run_benchmark(spec, config, progress=_progress)
     data = result.to_dict()
@@ -141,7 +141,7 @@ def run_bench(args: argparse.Namespace) -> int:
         write_json(args.json, data)
         _progress(f"wrote {args.json}")
     if args.plot is not None:
-        from parity.bench_plot import plot_bench
+        from parity.bench.plot import plot_bench
 
         plot_bench(data, args.plot)
         _progress(f"wrote {args.plot}")
@@ -154,7 +154,7 @@ def run_bench(args: argparse.Namespace) -> int:
 def run_flops(args: argparse.Namespace) -> int:
     """`parity flops`: the forward FLOP count per batch size, by operator kind."""
     batches = parse_batches(args.batch)
-    from parity.flops import count_flops
+    from parity.bench.flops import count_flops
 
     if str(args.model).endswith(".onnx"):
         if not Path(args.model).is_file():
@@ -171,7 +171,7 @@ def _count_spec(spec: Any, batches: Sequence[int]) -> list[Any]:
     import contextlib
 
     from converters.errors import ConversionError
-    from parity.flops import count_flops, export_spec
+    from parity.bench.flops import count_flops, export_spec
 
     _import_torch_first()
     with tempfile.TemporaryDirectory(prefix="parity-flops-") as tmp:
@@ -244,7 +244,7 @@ def _row(cell: Mapping[str, Any], fastest: str | None) -> list[str]:
 
 
 def _header(result: Mapping[str, Any]) -> str:
-    from parity.flops import format_flops
+    from parity.bench.flops import format_flops
 
     config, env = result.get("config", {}), result.get("environment", {})
     flops = ", ".join(f"b={b}: {format_flops(f) if f else 'n/a'}" for b, f in result.get("flops", {}).items())
@@ -291,7 +291,7 @@ def _pct(fraction: float | None) -> str:
 
 
 def format_flops_table(source: str, counts: Sequence[Any]) -> str:
-    from parity.flops import format_flops
+    from parity.bench.flops import format_flops
 
     lines = [f"forward FLOPs of {source} (2 FLOPs per multiply-add; Conv, ConvTranspose, Gemm, MatMul, "
              "Einsum, LSTM/GRU/RNN)"]
@@ -311,7 +311,7 @@ def _progress(message: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m parity.bench_cli bench|flops ...`` (the same commands as ``parity``)."""
+    """``python -m parity.cli.bench bench|flops ...`` (the same commands as ``parity``)."""
     parser = argparse.ArgumentParser(prog="parity")
     add_commands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)

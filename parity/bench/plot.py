@@ -85,7 +85,7 @@ def _title(result: Mapping[str, Any]) -> str:
 
 
 def _save_atomic(fig: Any, path: Path) -> Path:
-    from parity.files import atomic_path
+    from converters.files import atomic_path
 
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)

@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from converters.files import atomic_path, write_json_atomic
 from parity.compare import Comparison, compare
 from parity.errors import NonFiniteOutputError, UsageError
-from parity.files import atomic_path, write_json_atomic
 
 OTHER = {"torch": "tf", "tf": "torch"}
 
@@ -35,7 +35,7 @@ class CheckOptions:
     lossless: bool = True
     strict: bool = False
     out: Path | None = None
-    # a published checkpoint as the (torch) source instead of a seeded random twin; see zoo.checkpoints
+    # a published checkpoint as the (torch) source instead of a seeded random twin; see converters.checkpoints
     checkpoint: Path | None = None
     texts: tuple[str, ...] = ()  # bert with a checkpoint: real texts, tokenised by the checkpoint's tokenizer
     # diagnostics (parity.diagnostics); layer-by-layer localisation also runs whenever a comparison fails
@@ -66,9 +66,9 @@ class CheckResult:
     checkpoint: dict[str, Any] = field(default_factory=dict)
     # every runtime's outputs in torch layout (and "embedding" for a bert checkpoint); not in the JSON
     outputs: dict[str, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
-    layers: dict[str, Any] | None = None  # parity.localize.LayerReport.to_dict()
-    gradients: dict[str, Any] | None = None  # parity.grads.GradReport.to_dict()
-    training: dict[str, Any] | None = None  # parity.training.TrainingReport.to_dict()
+    layers: dict[str, Any] | None = None  # parity.diagnostics.localize.LayerReport.to_dict()
+    gradients: dict[str, Any] | None = None  # parity.diagnostics.grads.GradReport.to_dict()
+    training: dict[str, Any] | None = None  # parity.diagnostics.training.TrainingReport.to_dict()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -221,7 +221,7 @@ class _Checkpoint:
     model: Any
     inputs: dict[str, np.ndarray]
     imported: Any
-    pooling: Any = None  # parity.text.Pooling for bert: sentence embeddings are compared too
+    pooling: Any = None  # parity.check.text.Pooling for bert: sentence embeddings are compared too
     texts: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -236,8 +236,8 @@ def _checkpoint_source(options: CheckOptions, spec: Any, progress: Callable[[str
     """The imported torch twin and its inputs; a given ``spec`` lends its builders (tests plant bugs so)."""
     import dataclasses
 
-    from parity import text
-    from zoo.checkpoints import FORMATS, HF_FORMAT, import_checkpoint
+    from converters.checkpoints import FORMATS, HF_FORMAT, import_checkpoint
+    from parity.check import text
 
     path = Path(options.checkpoint)  # type: ignore[arg-type]
     hf = FORMATS.get(options.model) == HF_FORMAT
@@ -274,7 +274,7 @@ def _checkpoint_source(options: CheckOptions, spec: Any, progress: Callable[[str
 def _compare_embeddings(ckpt: _Checkpoint, outputs: dict[str, dict[str, np.ndarray]], src: str,
                         info: dict[str, Any]) -> list[Comparison]:
     """Pool every runtime's last_hidden_state as the checkpoint declares and compare the embeddings."""
-    from parity.text import EMBEDDING_TOLERANCE, MIN_COSINE, compare_embeddings, pool
+    from parity.check.text import EMBEDDING_TOLERANCE, MIN_COSINE, compare_embeddings, pool
 
     mask = ckpt.inputs["attention_mask"]
     for label in outputs:

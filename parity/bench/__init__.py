@@ -1,0 +1,1 @@
+"""Benchmarks: timing core, per-runtime cases, memory, FLOPs and plots."""

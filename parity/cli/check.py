@@ -1,0 +1,113 @@
+"""`parity check`: port a zoo twin through ONNX and compare torch, tf and ONNX Runtime."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from parity.cli.common import EPILOG, EXIT_MISMATCH, EXIT_OK, check_json_path, nonneg_float, positive_int
+from parity.errors import ParityError
+
+
+def add_command(sub: Any) -> None:
+    check = sub.add_parser("check", help="port a zoo twin through ONNX and compare torch, tf and ONNX Runtime",
+                           epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    check.add_argument("model", nargs="?", help="zoo model name (see `parity list`)")
+    check.add_argument("--all", action="store_true", help="check every zoo model, both directions unless --from")
+    check.add_argument("--from", dest="source", choices=("torch", "tf"),
+                       help="framework of the source twin whose weights are ported (default: torch)")
+    check.add_argument("--preset", help="zoo preset (default: small; with a torchvision --checkpoint: standard)")
+    check.add_argument("--batch", type=positive_int, default=2, help="batch size of the seeded inputs (default: 2)")
+    check.add_argument("--seed", type=int, default=0, help="seed for weights and inputs (default: 0)")
+    check.add_argument("--atol", type=nonneg_float, help="absolute tolerance (default: the spec's, scaled to the output)")
+    check.add_argument("--rtol", type=nonneg_float, help="relative tolerance (default: the spec's)")
+    check.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    check.add_argument("--threads", type=positive_int, help="intra-op threads for all runtimes")
+    check.add_argument("--precision", choices=("fp32", "tf32"), default="fp32",
+                       help="fp32: TF32 off everywhere (strict); tf32: on, tolerances widened and reported")
+    check.add_argument("--exporter", choices=("dynamo", "legacy"),
+                       help="torch ONNX exporter (default: dynamo, or what the zoo model needs)")
+    check.add_argument("--no-lossless", dest="lossless", action="store_false",
+                       help="let the torch exporter fold BatchNorm into convs (ported inference-only)")
+    check.add_argument("--strict", action="store_true",
+                       help="a semantic-defaults mismatch between the twins (epsilon, momentum, GELU form...) is an error")
+    check.add_argument("--json", type=Path, metavar="PATH", help="write the result as JSON")
+    check.add_argument("--out", type=Path, metavar="DIR", help="keep the ONNX files, ported weights and port report")
+    check.add_argument("--checkpoint", type=Path, metavar="PATH",
+                       help="source weights from a published checkpoint (see `parity import`), not randomized")
+    check.add_argument("--text", action="append", default=[], metavar="TEXT",
+                       help="bert --checkpoint: a real input text (repeatable; one padded batch)")
+    check.add_argument("--text-file", type=Path, metavar="PATH", help="bert --checkpoint: texts, one per line")
+    diag = check.add_argument_group("diagnostics (layer-by-layer localisation also runs whenever a check fails)")
+    diag.add_argument("--layers", action="store_true",
+                      help="compare every named layer's activation in torch, Keras and ONNX Runtime; name the first "
+                           "over tolerance")
+    diag.add_argument("--grads", action="store_true",
+                      help="compare every parameter's gradient of the same loss on the same batch")
+    diag.add_argument("--train-steps", type=positive_int, nargs="?", const=5, default=0, metavar="N",
+                      help="take N optimizer steps in both twins and compare losses, parameters and running "
+                           "statistics (N defaults to 5)")
+    diag.add_argument("--optimizer", choices=("sgd", "adam", "both"), default="both",
+                      help="optimizer(s) for --train-steps (default: both)")
+    diag.add_argument("--loss", choices=("mse", "xent"), default="mse",
+                      help="loss for --grads/--train-steps: mse against seeded targets, or cross-entropy on seeded "
+                           "labels (default: mse)")
+    diag.add_argument("--plot", type=Path, metavar="PATH", help="plot layer error against depth (log scale) to PATH")
+    diag.add_argument("--strict-tolerances", action="store_true",
+                      help="take tolerances as given at every layer and step (no growth with depth or steps)")
+    check.set_defaults(handler=cmd_check)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from converters.files import write_json_atomic
+    from parity.check import CheckOptions, format_table, run_check
+
+    check_json_path(args.json)
+    if args.all == bool(args.model):
+        raise ParityError("give one model name, or --all for every zoo model (not both)")
+    if args.all and args.out:
+        raise ParityError("--out keeps one model's files; it cannot be combined with --all")
+    if args.all and args.plot:
+        raise ParityError("--plot draws one model's layers; it cannot be combined with --all")
+    if args.all and args.checkpoint:
+        raise ParityError("--checkpoint is one model's weights; it cannot be combined with --all")
+    args.preset = args.preset or ("standard" if args.checkpoint else "small")
+    if args.text_file:
+        from parity.check.text import read_texts
+
+        args.text = [*args.text, *read_texts(args.text_file)]
+    import zoo
+
+    models = zoo.names() if args.all else [args.model]
+    sources = [args.source] if args.source else (["torch", "tf"] if args.all else ["torch"])
+    results = []
+    for model in models:
+        for source in sources:
+            options = CheckOptions(
+                model=model, source=source, preset=args.preset, batch=args.batch, seed=args.seed,
+                atol=args.atol, rtol=args.rtol, device=args.device, threads=args.threads, precision=args.precision,
+                exporter=args.exporter, lossless=args.lossless, strict=args.strict, out=args.out,
+                checkpoint=args.checkpoint, texts=tuple(args.text),
+                layers=args.layers, grads=args.grads, train_steps=args.train_steps, loss=args.loss, plot=args.plot,
+                optimizers=("sgd", "adam") if args.optimizer == "both" else (args.optimizer,),
+                strict_tolerances=args.strict_tolerances,
+            )
+            result = run_check(options)
+            print(format_table(result))
+            if result.layers or result.gradients or result.training:
+                from parity.diagnostics import format_diagnostics
+
+                print(format_diagnostics(result))
+            results.append(result)
+    passed = all(r.passed for r in results)
+    if args.all:
+        print(f"\n{sum(r.passed for r in results)} of {len(results)} checks passed")
+        for r in results:
+            if not r.passed:
+                print(f"  FAILED: {r.model} --from {r.source}")
+    if args.json:
+        data = results[0].to_dict() if len(results) == 1 else {
+            "passed": passed, "results": [r.to_dict() for r in results]}
+        write_json_atomic(args.json, data)
+    return EXIT_OK if passed else EXIT_MISMATCH

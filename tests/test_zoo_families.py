@@ -52,17 +52,12 @@ def torch_layer_names(model: Any) -> list[str]:
 
 def torch_call_order(spec: Any, model: Any) -> list[str]:
     """Parametric modules in the order the forward pass calls them (forward pre-hooks)."""
-    import torch
+    from converters.torch_hooks import run_with_hooks
 
     modules = {n: m for n, m in model.named_modules() if list(m.parameters(recurse=False))}
     calls: list[str] = []
-    hooks = [m.register_forward_pre_hook(lambda mod, args, n=n: calls.append(n)) for n, m in modules.items()]
-    try:
-        with torch.no_grad():
-            model(*[torch.from_numpy(a) for a in spec.inputs_for("torch", spec.example_inputs(2, 0)).values()])
-    finally:
-        for h in hooks:
-            h.remove()
+    inputs = list(spec.inputs_for("torch", spec.example_inputs(2, 0)).values())
+    run_with_hooks(model, inputs, modules.items(), lambda n: lambda mod, args: calls.append(n), pre=True)
     return [k for n in dict.fromkeys(calls) for k in _twin_names(n, modules[n])]
 
 

@@ -12,6 +12,7 @@ from torch import nn
 from converters import layouts
 from converters.errors import UnsupportedLayerError, WeightMappingError
 from converters.targets import TargetLayer
+from converters.torch_hooks import run_with_hooks
 
 Tensors = dict[str, np.ndarray | None]
 
@@ -209,14 +210,7 @@ def torch_layers(model: nn.Module, inputs: Sequence[np.ndarray] | None = None) -
     order = [n for n, _ in named]
     if inputs is not None:
         calls: list[str] = []
-        names = {id(m): n for n, m in named}
-        hooks = [m.register_forward_pre_hook(lambda mod, args: calls.append(names[id(mod)])) for _, m in named]
-        try:
-            with torch.no_grad():
-                model(*[torch.from_numpy(np.ascontiguousarray(a)) for a in inputs])
-        finally:
-            for h in hooks:
-                h.remove()
+        run_with_hooks(model, inputs, named, lambda n: lambda mod, args: calls.append(n), pre=True)
         seen = list(dict.fromkeys(calls))
         order = seen + [n for n in order if n not in seen]
     modules = dict(named)

@@ -588,6 +588,8 @@ def _batchnorm_stats(torch_model: Any, inputs: Sequence[np.ndarray]) -> tuple[di
     import torch
     from torch import nn
 
+    from converters.torch_hooks import run_with_hooks
+
     counts: dict[str, int] = {}
     kappa: dict[str, float] = {}
 
@@ -601,19 +603,15 @@ def _batchnorm_stats(torch_model: Any, inputs: Sequence[np.ndarray]) -> tuple[di
                 kappa[name] = float(x.abs().max() / (y.abs().max() * torch.sqrt(var.min() + mod.eps)))
         return record
 
-    hooks = [m.register_forward_hook(hook(n)) for n, m in torch_model.named_modules()
-             if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not hooks:
+    norms = [(n, m) for n, m in torch_model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
         return counts, kappa
     was = torch_model.training
     state = {k: v.clone() for k, v in torch_model.state_dict().items()}
     try:
         torch_model.train()
-        with torch.no_grad():
-            torch_model(*[torch.from_numpy(np.ascontiguousarray(a)) for a in inputs])
+        run_with_hooks(torch_model, inputs, norms, hook)
     finally:
-        for h in hooks:
-            h.remove()
         torch_model.load_state_dict(state)
         torch_model.train(was)
     return counts, kappa

@@ -227,11 +227,12 @@ def _to_numpy_torch(out: Any, module: Any) -> np.ndarray | None:
 
 def capture_torch(model: Any, inputs: Sequence[np.ndarray]) -> Capture:
     """Every named module's output at its first call, in completion order."""
-    import torch
     from torch import nn
 
+    from converters.torch_hooks import run_with_hooks
+
     cap = Capture({}, [], {})
-    hooks = []
+    hooked = []
 
     def hook(name: str) -> Callable[..., None]:
         def record(module: Any, args: Any, out: Any) -> None:
@@ -256,13 +257,8 @@ def capture_torch(model: Any, inputs: Sequence[np.ndarray]) -> Capture:
         if cls.startswith(_CHANNELS_FIRST_TORCH) or isinstance(module, (nn.modules.conv._ConvNd,
                                                                         nn.modules.batchnorm._BatchNorm)):
             cap.channels_first.add(name)
-        hooks.append(module.register_forward_hook(hook(name)))
-    try:
-        with torch.no_grad():
-            model(*[torch.from_numpy(np.ascontiguousarray(a)) for a in inputs])
-    finally:
-        for h in hooks:
-            h.remove()
+        hooked.append((name, module))
+    run_with_hooks(model, inputs, hooked, hook)
     return cap
 
 

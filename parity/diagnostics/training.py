@@ -296,6 +296,8 @@ def _variance_recorder(torch_model: Any) -> tuple[dict[str, list[tuple[np.ndarra
     values per channel; and the hook handles to remove."""
     from torch import nn
 
+    from converters.torch_hooks import attach
+
     seen: dict[str, list[tuple[np.ndarray, int]]] = {}
 
     def hook(name: str) -> Callable[..., None]:
@@ -306,9 +308,8 @@ def _variance_recorder(torch_model: Any) -> tuple[dict[str, list[tuple[np.ndarra
                 seen.setdefault(name, []).append((var.numpy(), int(x.numel() // x.shape[1])))
         return record
 
-    handles = [m.register_forward_pre_hook(hook(name)) for name, m in torch_model.named_modules()
-               if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    return seen, handles
+    norms = [(n, m) for n, m in torch_model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    return seen, attach(norms, hook, pre=True)
 
 
 def unbiased_correction(history: Sequence[tuple[np.ndarray, int]], momentum: float) -> np.ndarray:

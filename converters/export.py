@@ -1,13 +1,20 @@
-"""Export a torch or Keras model to ONNX with the official exporters; one opset policy."""
+"""Export a torch or Keras model to ONNX with the official exporters; one opset policy.
+
+An exporter that refuses the model raises :class:`ConversionError` (the user's input,
+exit code 2). A failure raised with this package's own code on the stack (an op handler
+we give tf2onnx, a helper) is a bug of ours and propagates unchanged, as a traceback.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import io
+import traceback
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from types import CodeType
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
@@ -25,6 +32,45 @@ TORCH_EXPORTERS: tuple[str, ...] = ("dynamo", "legacy")
 # (BatchNorm not folded into the preceding conv). tf2onnx runs TensorFlow's grappler,
 # which folds gamma/sqrt(var+eps) into one constant: nothing separates them again.
 LOSSLESS_SUPPORT: dict[str, bool] = {"dynamo": True, "legacy": True, "tf2onnx": False}
+
+_PACKAGE = Path(__file__).resolve().parent
+T = TypeVar("T")
+
+
+def _raised_in_our_code(exc: BaseException, through: Sequence[CodeType] = ()) -> bool:
+    """Whether this package's code was on the stack where ``exc`` (or an exception it wraps) was raised.
+
+    ``run_exporter``'s own frame and the ``through`` trampolines (our function that only
+    calls the user's model) do not count.
+    """
+    skip = {run_exporter.__code__, *through}
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        for frame, _ in traceback.walk_tb(current.__traceback__):
+            code = frame.f_code
+            if code not in skip and Path(code.co_filename).resolve().is_relative_to(_PACKAGE):
+                return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def run_exporter(what: str, exporter: Callable[..., T], *args: Any, through: Sequence[CodeType] = (),
+                 **kwargs: Any) -> T:
+    """Call an official exporter; its refusal of the model becomes a ConversionError naming ``what``.
+
+    Exporter internals raise anything when a model cannot be exported, so every exception
+    counts as a refusal, except one raised with our code on the stack: that is our bug.
+    """
+    try:
+        return exporter(*args, **kwargs)
+    except ConversionError:
+        raise
+    except Exception as exc:
+        if _raised_in_our_code(exc, through):
+            raise
+        raise ConversionError(f"{what} failed: {type(exc).__name__}: {exc}") from exc
 
 
 def export_torch(
@@ -50,33 +96,27 @@ def export_torch(
     path = Path(path)
     args = tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in example_inputs)
     model = model.eval()
-    try:
-        with atomic_path(path, suffix=".onnx") as tmp, warnings.catch_warnings(), \
-                contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            if exporter == "dynamo":
-                dims = None
-                if dynamic_batch:
-                    batch = torch.export.Dim("batch")
-                    dims = tuple({0: batch} for _ in args)
-                torch.onnx.export(
-                    model, args, str(tmp), dynamo=True, opset_version=OPSET, input_names=list(input_names),
-                    output_names=list(output_names), dynamic_shapes=dims, optimize=not lossless,
-                    verbose=False, external_data=False,
-                )
-            else:
-                axes = {n: {0: "batch"} for n in [*input_names, *output_names]} if dynamic_batch else None
-                torch.onnx.export(
-                    model, args, str(tmp), dynamo=False, opset_version=OPSET, input_names=list(input_names),
-                    output_names=list(output_names), dynamic_axes=axes,
-                    training=torch.onnx.TrainingMode.PRESERVE if lossless else torch.onnx.TrainingMode.EVAL,
-                    do_constant_folding=not lossless,
-                )
-            check_onnx(tmp)
-    except ConversionError:
-        raise
-    except Exception as exc:  # exporter internals raise anything; report it as ours to explain
-        raise ConversionError(f"torch {exporter} export of {type(model).__name__} failed: {exc}") from exc
+    what = f"torch {exporter} export of {type(model).__name__}"
+    with atomic_path(path, suffix=".onnx") as tmp, warnings.catch_warnings(), \
+            contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        if exporter == "dynamo":
+            dims = None
+            if dynamic_batch:
+                batch = torch.export.Dim("batch")
+                dims = tuple({0: batch} for _ in args)
+            run_exporter(what, torch.onnx.export,
+                         model, args, str(tmp), dynamo=True, opset_version=OPSET, input_names=list(input_names),
+                         output_names=list(output_names), dynamic_shapes=dims, optimize=not lossless,
+                         verbose=False, external_data=False)
+        else:
+            axes = {n: {0: "batch"} for n in [*input_names, *output_names]} if dynamic_batch else None
+            run_exporter(what, torch.onnx.export,
+                         model, args, str(tmp), dynamo=False, opset_version=OPSET, input_names=list(input_names),
+                         output_names=list(output_names), dynamic_axes=axes,
+                         training=torch.onnx.TrainingMode.PRESERVE if lossless else torch.onnx.TrainingMode.EVAL,
+                         do_constant_folding=not lossless)
+        check_onnx(tmp)
     return path
 
 
@@ -99,26 +139,41 @@ def export_keras(
         for a, n in zip(example_inputs, input_names, strict=True)
     ]
 
-    def call(*xs: Any) -> Any:
+    def call(*xs: Any) -> Any:  # a trampoline into the user's model: its failures are the model's
         return model(list(xs) if len(xs) > 1 else xs[0], training=False)
 
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            proto, _ = tf2onnx.convert.from_function(tf.function(call), input_signature=signature, opset=OPSET,
-                                                     custom_op_handlers={"Erfc": (_erfc_as_erf, [])})
-        import onnx
+    import onnx
 
-        _reject_unconverted_ops(proto, model.name)
-        _rename_outputs(proto, output_names)
-        with atomic_path(path, suffix=".onnx") as tmp:
-            onnx.save(proto, str(tmp))
-            check_onnx(tmp)
-    except ConversionError:
-        raise
-    except Exception as exc:
-        raise ConversionError(f"tf2onnx export of Keras model {model.name!r} failed: {exc}") from exc
+    errors: list[Exception] = []  # raised in our op handlers: tf2onnx logs them and leaves the op unconverted
+    handlers = {"Erfc": (_recording(_erfc_as_erf, errors), [])}
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        try:
+            proto, _ = run_exporter(f"tf2onnx export of Keras model {model.name!r}", tf2onnx.convert.from_function,
+                                    tf.function(call), input_signature=signature, opset=OPSET,
+                                    custom_op_handlers=handlers, through=(call.__code__,))
+        finally:
+            if errors:  # a bug of ours, whatever tf2onnx made of it
+                raise errors[0]
+    _reject_unconverted_ops(proto, model.name)
+    _rename_outputs(proto, output_names)
+    with atomic_path(path, suffix=".onnx") as tmp:
+        onnx.save(proto, str(tmp))
+        check_onnx(tmp)
     return path
+
+
+def _recording(handler: Callable[..., None], errors: list[Exception]) -> Callable[..., None]:
+    """``handler`` for tf2onnx's ``custom_op_handlers``, keeping what it raises in ``errors``."""
+
+    def run(*args: Any, **kwargs: Any) -> None:
+        try:
+            handler(*args, **kwargs)
+        except Exception as exc:
+            errors.append(exc)
+            raise
+
+    return run
 
 
 def _reject_unconverted_ops(proto: Any, model_name: str) -> None:
@@ -184,11 +239,13 @@ def check_onnx(path: str | Path) -> None:
 
     try:
         onnx.checker.check_model(str(path), full_check=False)
-    except Exception as exc:
+    except onnx.checker.ValidationError as exc:
         raise ConversionError(f"{path}: onnx.checker rejected the model: {exc}") from exc
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3  # a load failure raises; its warnings are noise
     try:
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3  # a load failure raises; its warnings are noise
         ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as exc:
+        if not type(exc).__module__.startswith("onnxruntime"):  # ORT's own errors (Fail, InvalidGraph, ...)
+            raise
         raise ConversionError(f"{path}: ONNX Runtime cannot load the model: {exc}") from exc

@@ -3,6 +3,11 @@
 Weights are found by following the graph, never by initializer name: exporters
 rename, transpose, deduplicate (Identity) and slice them. Every constant carries the
 set of initializers it was computed from, so the port can account for each one.
+
+Folding runs each constant node through ONNX's reference evaluator. A node the
+evaluator cannot run (no implementation, or numpy refuses the values) stays in the
+graph and its reason is recorded in ``Graph.unfolded`` (the port report carries it);
+any other exception is a bug and propagates.
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ from converters.errors import ConversionError
 # Ops that never get folded even when their inputs are constant.
 _NOT_FOLDABLE = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
                  "Bernoulli", "Loop", "If", "Scan", "Dropout"}
+# What ONNX's reference evaluator raises when it cannot run a node (NotImplementedError is a
+# RuntimeError): the node is left unfolded, with the reason. Anything else is our bug.
+_REFERENCE_ERRORS = (RuntimeError, ValueError)
 # Layout-neutral element-wise ops we look through when tracing a tensor's origin.
 _PASS_THROUGH = {"Relu", "Identity", "Cast", "Sigmoid", "Tanh", "Clip", "LeakyRelu", "Elu", "Gelu", "Erf"}
 
@@ -37,6 +45,8 @@ class Graph:
     shapes: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     inputs: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
+    unfolded: dict[str, str] = field(default_factory=dict)  # node -> why its constant inputs were not folded
+    notes: list[str] = field(default_factory=list)  # e.g. shape inference that failed (shapes then unknown)
 
     def producer(self, name: str) -> Any | None:
         return self.producers.get(name)
@@ -70,9 +80,11 @@ def load_onnx(path: str | Path) -> Any:
         raise ConversionError(f"ONNX file not found: {path}")
     if path.is_dir():
         raise ConversionError(f"expected an .onnx file, got a directory: {path}")
+    from google.protobuf.message import DecodeError
+
     try:
         model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:
+    except (DecodeError, OSError, ValueError) as exc:
         raise ConversionError(
             f"{path} is not a readable ONNX model ({type(exc).__name__}: {exc}); "
             "it may be truncated or not ONNX at all: export it again"
@@ -93,7 +105,7 @@ def load_onnx(path: str | Path) -> Any:
         onnx.load_external_data_for_model(model, str(base))
     try:
         onnx.checker.check_model(model)
-    except Exception as exc:
+    except onnx.checker.ValidationError as exc:
         raise ConversionError(f"{path}: onnx.checker rejected the model: {exc}") from exc
     return model
 
@@ -103,10 +115,12 @@ def fold(model: Any) -> Graph:
     import onnx
     from onnx import numpy_helper, shape_inference
 
+    notes: list[str] = []
     try:
         model = shape_inference.infer_shapes(model, data_prop=True)
-    except Exception:  # shapes are a help for tracing, not a requirement
-        pass
+    except (shape_inference.InferenceError, onnx.checker.ValidationError) as exc:
+        # shapes are a help for tracing, not a requirement
+        notes.append(f"shape inference failed ({type(exc).__name__}: {exc}); only declared shapes are known")
     g = model.graph
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 18)
     consts: dict[str, np.ndarray] = {}
@@ -118,6 +132,7 @@ def fold(model: Any) -> Graph:
     known = {vi.name: _dims(vi) for vi in [*g.value_info, *g.input]}
     elem = {vi.name: vi.type.tensor_type.elem_type for vi in [*g.value_info, *g.input]}
     remaining: list[Any] = []
+    unfolded: dict[str, str] = {}
     for node in g.node:
         if node.op_type == "Shape" and node.input[0] not in consts:
             value = _static_shape(node, known.get(node.input[0]))
@@ -142,11 +157,10 @@ def fold(model: Any) -> Graph:
         if node.op_type not in _NOT_FOLDABLE and node.domain in ("", "ai.onnx") and ins and all(
             i in consts for i in ins
         ) and not _is_table_lookup(node, consts):
-            try:
-                values = _evaluate(node, consts, onnx, opset)
-            except Exception:
-                values = None
-            if values is not None:
+            values, why = _evaluate(node, consts, onnx, opset)
+            if values is None:
+                unfolded[node.name or f"{node.op_type}({node.output[0]})"] = why
+            else:
                 origin = frozenset().union(*(provenance[i] for i in ins))
                 for out, value in zip(node.output, values, strict=False):
                     consts[out] = np.asarray(value)
@@ -154,12 +168,12 @@ def fold(model: Any) -> Graph:
                 continue
         remaining.append(node)
     shapes = {}
-    for vi in [*g.value_info, *_infer_folded_shapes(model, remaining, consts), *g.input, *g.output]:
+    for vi in [*g.value_info, *_infer_folded_shapes(model, remaining, consts, notes), *g.input, *g.output]:
         dims = vi.type.tensor_type.shape.dim
         shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims)
     graph = Graph(model=model, nodes=remaining, consts=consts, provenance=provenance,
                   initializers=[i.name for i in g.initializer], shapes=shapes, inputs=graph_inputs,
-                  outputs=[o.name for o in g.output])
+                  outputs=[o.name for o in g.output], unfolded=unfolded, notes=notes)
     for node in remaining:
         for out in node.output:
             graph.producers[out] = node
@@ -198,10 +212,10 @@ def _is_table_lookup(node: Any, consts: dict[str, np.ndarray]) -> bool:
     return bool(np.issubdtype(table.dtype, np.floating) and table.ndim == 2 and table.shape[0] > 1)
 
 
-def _infer_folded_shapes(model: Any, nodes: list[Any], consts: dict[str, np.ndarray]) -> list[Any]:
+def _infer_folded_shapes(model: Any, nodes: list[Any], consts: dict[str, np.ndarray], notes: list[str]) -> list[Any]:
     """Shape inference again on the folded graph: shapes computed at run time (pads, reshape
     targets) are constants now, so more of the graph gets static shapes."""
-    from onnx import helper, numpy_helper, shape_inference
+    from onnx import checker, helper, numpy_helper, shape_inference
 
     used = {i for n in nodes for i in n.input if i in consts}
     g = model.graph
@@ -210,7 +224,8 @@ def _infer_folded_shapes(model: Any, nodes: list[Any], consts: dict[str, np.ndar
     folded = helper.make_model(graph, opset_imports=list(model.opset_import))
     try:
         return list(shape_inference.infer_shapes(folded, data_prop=True).graph.value_info)
-    except Exception:
+    except (shape_inference.InferenceError, checker.ValidationError) as exc:
+        notes.append(f"shape inference on the folded graph failed ({type(exc).__name__}: {exc})")
         return []
 
 
@@ -226,14 +241,19 @@ def _constant_value(node: Any) -> np.ndarray | None:
     return None
 
 
-def _evaluate(node: Any, consts: dict[str, np.ndarray], onnx: Any, opset: int) -> list[np.ndarray] | None:
+def _evaluate(node: Any, consts: dict[str, np.ndarray], onnx: Any, opset: int) -> tuple[list[np.ndarray] | None, str]:
+    """The node's outputs from ONNX's reference evaluator, or None and why it cannot run the node."""
     from onnx.reference import ReferenceEvaluator
 
     inputs = [i for i in node.input if i]
     clone = onnx.helper.make_node(node.op_type, list(node.input), list(node.output), domain=node.domain)
     clone.attribute.extend(node.attribute)
-    evaluator = ReferenceEvaluator(_single_node_model(clone, inputs, consts, onnx, opset))
-    return list(evaluator.run(None, {i: consts[i] for i in inputs}))
+    model = _single_node_model(clone, inputs, consts, onnx, opset)
+    feeds = {i: consts[i] for i in inputs}
+    try:
+        return list(ReferenceEvaluator(model).run(None, feeds)), ""
+    except _REFERENCE_ERRORS as exc:  # the node stays in the graph; ONNX Runtime computes it
+        return None, f"the reference evaluator cannot run it ({type(exc).__name__}: {exc})"
 
 
 def _single_node_model(node: Any, inputs: Iterable[str], consts: dict[str, np.ndarray], onnx: Any, opset: int) -> Any:

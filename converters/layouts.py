@@ -14,6 +14,17 @@ GRU_ONNX_TO_TORCH = (1, 0, 2)  # z,r,h -> r,z,n
 GRU_ONNX_TO_KERAS = (0, 1, 2)
 
 
+def flatten_dims(dims: tuple[int, ...], order: str, target_order: str) -> tuple[int, ...]:
+    """A feature map's dims given in ``order`` ("CHW" channels first, "HWC" channels last), in ``target_order``."""
+    if order == target_order:
+        return tuple(dims)
+    if order == "CHW" and target_order == "HWC":
+        return (*dims[1:], dims[0])
+    if order == "HWC" and target_order == "CHW":
+        return (dims[-1], *dims[:-1])
+    raise ValueError(f"unknown flatten orders {order!r} -> {target_order!r}")
+
+
 def reorder_flatten_rows(kernel: np.ndarray, order: str, dims: tuple[int, ...], target_order: str) -> np.ndarray:
     """Permute the input rows of a dense kernel (in, out) fed by a flattened feature map.
 
@@ -53,16 +64,19 @@ def dense_to_torch(kernel: np.ndarray) -> np.ndarray:
 
 
 def dense_from_torch(weight: np.ndarray) -> np.ndarray:
+    """torch Linear weight (out, in) -> (in, out)."""
     return np.ascontiguousarray(weight.T)
 
 
 def conv_to_keras(weight: np.ndarray) -> np.ndarray:
-    """ONNX/torch (M, C/g, *k) -> Keras (*k, C/g, M)."""
+    """ONNX/torch kernel -> Keras: (M, C/g, *k) -> (*k, C/g, M) for a conv, and the same axis move
+    (C_in, C_out/g, *k) -> (*k, C_out/g, C_in) for a transposed conv (no spatial flip)."""
     rank = weight.ndim
     return np.ascontiguousarray(weight.transpose(*range(2, rank), 1, 0))
 
 
 def conv_from_keras(kernel: np.ndarray) -> np.ndarray:
+    """The inverse of ``conv_to_keras``, for convs and transposed convs alike."""
     rank = kernel.ndim
     return np.ascontiguousarray(kernel.transpose(rank - 1, rank - 2, *range(0, rank - 2)))
 
@@ -75,22 +89,17 @@ def depthwise_to_keras(weight: np.ndarray, channels: int) -> np.ndarray:
 
 
 def depthwise_from_keras(kernel: np.ndarray) -> np.ndarray:
+    """Keras DepthwiseConv2D (kh, kw, C, m) -> ONNX (C*m, 1, kh, kw)."""
     kh, kw, c, m = kernel.shape
     return np.ascontiguousarray(kernel.transpose(2, 3, 0, 1).reshape(c * m, 1, kh, kw))
-
-
-def conv_transpose_to_keras(weight: np.ndarray) -> np.ndarray:
-    """ONNX/torch (C_in, C_out, *k) -> Keras Conv2DTranspose (*k, C_out, C_in); no spatial flip."""
-    rank = weight.ndim
-    return np.ascontiguousarray(weight.transpose(*range(2, rank), 1, 0))
-
-
-def conv_transpose_from_keras(kernel: np.ndarray) -> np.ndarray:
-    rank = kernel.ndim
-    return np.ascontiguousarray(kernel.transpose(rank - 1, rank - 2, *range(0, rank - 2)))
 
 
 def reorder_gates(x: np.ndarray, order: tuple[int, ...], axis: int = 0) -> np.ndarray:
     """Reorder the equal gate blocks of ``x`` along ``axis``."""
     blocks = np.split(x, len(order), axis=axis)
     return np.ascontiguousarray(np.concatenate([blocks[i] for i in order], axis=axis))
+
+
+def gates_to_onnx(x: np.ndarray, order: tuple[int, ...], axis: int = 0) -> np.ndarray:
+    """The inverse of ``reorder_gates(x, order)``: a framework's gate order back to ONNX's."""
+    return reorder_gates(x, tuple(int(i) for i in np.argsort(order)), axis)

@@ -99,23 +99,16 @@ def parameter_free_settings(model: Any) -> list[tuple[str, str, dict[str, Any]]]
         return out
     import keras
 
+    from converters.targets.keras_target import leaf_layers
+
     out = []
-    for layer in _keras_layers(model):
+    for layer in leaf_layers(model):
         act = getattr(layer, "activation", None)
         if act is not None and getattr(act, "__name__", "") == "gelu":
             keywords = getattr(act, "keywords", {}) or {}
             out.append((layer.name, "gelu", {"approximate": bool(keywords.get("approximate", False))}))
         elif isinstance(layer, (keras.layers.AveragePooling1D, keras.layers.AveragePooling2D)):
             out.append((layer.name, "avgpool", {"count_include_pad": False}))  # Keras never counts padding
-    return out
-
-
-def _keras_layers(model: Any) -> list[Any]:
-    import keras
-
-    out = []
-    for layer in model.layers:
-        out.extend(_keras_layers(layer) if isinstance(layer, keras.Model) else [layer])
     return out
 
 
@@ -134,6 +127,7 @@ def lint_models(source: Any, target: Any, source_inputs: Sequence[np.ndarray] | 
 
 
 def enforce(findings: Sequence[Finding], strict: bool) -> None:
+    """Raise SemanticMismatchError on the first finding in strict mode; otherwise nothing."""
     if strict and findings:
         raise SemanticMismatchError(
             f"{len(findings)} semantic mismatch(es) between the twins (strict mode); first: {findings[0].message}. "

@@ -1,7 +1,8 @@
 """Walk a folded ONNX graph into ParamGroups: one per parametric layer, canonical layout.
 
-One extractor per ONNX op type, registered with ``@extractor``; a parametric node
-that no extractor handles raises UnsupportedLayerError listing the supported ops.
+One extractor per ONNX op type, registered with ``@extractor`` (converters.rules.base) by
+the modules of converters.rules, which this module imports; a parametric node that no
+extractor handles raises UnsupportedLayerError listing the supported ops.
 
 Canonical (ONNX) layouts per kind:
   dense          kernel (in, out), bias (out,)
@@ -17,86 +18,24 @@ Canonical (ONNX) layouts per kind:
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+import converters.rules  # noqa: F401  (registers every extractor)
 from converters.errors import UnsupportedLayerError
 from converters.graph import Graph
+from converters.rules.attention import fuse_attention
+from converters.rules.base import ParamGroup, extractor_for, f32, initializers_of, node_name, registered_ops
+from converters.rules.recurrent import is_rnn_loop, merge_bidirectional, rnn_loop_weights
 
+__all__ = ["ParamGroup", "forward_order", "is_weight", "param_groups", "supported_ops"]
 
-@dataclass
-class ParamGroup:
-    """The parameters of one layer as found in the graph, in canonical layout."""
-
-    kind: str
-    nodes: list[str]
-    tensors: dict[str, np.ndarray | None]
-    attrs: dict[str, Any] = field(default_factory=dict)
-    sources: frozenset[str] = frozenset()  # initializers these tensors came from
-    input: str = ""  # the data tensor flowing in
-    output: str = ""  # the tensor leaving the group (after any absorbed bias/affine nodes)
-
-    @property
-    def label(self) -> str:
-        return f"{self.kind} {'+'.join(self.nodes)}"
-
-    def shapes(self) -> dict[str, tuple[int, ...] | None]:
-        return {k: (tuple(v.shape) if v is not None else None) for k, v in self.tensors.items()}
-
-Extractor = Callable[[Graph, Any, set[str]], "ParamGroup | None"]
-_EXTRACTORS: dict[str, Extractor] = {}
-
-def extractor(op_type: str) -> Callable[[Extractor], Extractor]:
-    def decorate(fn: Extractor) -> Extractor:
-        if op_type in _EXTRACTORS:
-            raise ValueError(f"an extractor for ONNX op {op_type!r} is registered twice")
-        _EXTRACTORS[op_type] = fn
-        return fn
-
-    return decorate
 
 def supported_ops() -> list[str]:
-    import converters.rules  # noqa: F401  (registers the extractors)
+    """The parametric ONNX ops a rule handles."""
+    return registered_ops()
 
-    return sorted(_EXTRACTORS)
-
-def node_name(node: Any) -> str:
-    return node.name or f"{node.op_type}({node.output[0]})"
-
-def attrs_of(node: Any) -> dict[str, Any]:
-    from onnx import helper
-
-    out = {}
-    for a in node.attribute:
-        value = helper.get_attribute_value(a)
-        out[a.name] = value.decode() if isinstance(value, bytes) else value
-    return out
-
-def initializers_of(graph: Graph, *names: str) -> frozenset[str]:
-    return frozenset().union(*(graph.provenance.get(n, frozenset()) for n in names if n))
-
-def f32(a: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(a, dtype=np.float32)
-
-def float_const(graph: Graph, name: str) -> np.ndarray | None:
-    value = graph.const(name)
-    if value is None or not np.issubdtype(value.dtype, np.floating):
-        return None
-    return value
-
-def other_input(node: Any, tensor: str) -> str:
-    return node.input[1] if node.input[0] == tensor else node.input[0]
-
-def per_channel(graph: Graph, node: Any, tensor: str) -> tuple[np.ndarray, str] | None:
-    """The float per-channel constant operand of a binary op whose other operand is ``tensor``."""
-    other = other_input(node, tensor)
-    value = float_const(graph, other)
-    if value is None or value.size < 2 or sum(d > 1 for d in value.shape) != 1:
-        return None
-    return f32(value.reshape(-1)), other
 
 def forward_order(graph: Graph) -> list[Any]:
     """Nodes in a canonical forward order: depth-first from the outputs, each node's inputs
@@ -130,15 +69,10 @@ def forward_order(graph: Graph) -> list[Any]:
 
 def param_groups(graph: Graph) -> list[ParamGroup]:
     """Parametric layers of ``graph`` in topological (forward) order."""
-    import converters.rules  # noqa: F401  (registers the extractors)
-
     groups: list[ParamGroup] = []
     claimed: set[str] = set()  # nodes absorbed into an earlier group (bias Adds, affine tails)
     # Weights of recurrent loops: tf2onnx also peels the first step out of the loop,
     # as MatMul/Add nodes on the same constants; those belong to the loop's group.
-    from converters.rules.attention import fuse_attention
-    from converters.rules.recurrent import is_rnn_loop, merge_bidirectional, rnn_loop_weights
-
     loop_weights = {node.input[i] for node in graph.nodes if node.op_type == "Loop" and is_rnn_loop(node, graph)
                     for i in rnn_loop_weights(graph, node)}
     for node in forward_order(graph):
@@ -148,7 +82,7 @@ def param_groups(graph: Graph) -> list[ParamGroup]:
         weights = [i for i in node.input if is_weight(graph, i)]
         if node.op_type != "Loop" and weights and set(weights) <= loop_weights:
             continue
-        fn = _EXTRACTORS.get(node.op_type)
+        fn = extractor_for(node.op_type)
         group = fn(graph, node, claimed) if fn else None
         if group is not None:
             groups.append(group)

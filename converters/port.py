@@ -1,15 +1,18 @@
-"""Port weights from an ONNX graph into an existing model of the other framework.
+"""The one port pipeline: lint -> enforce -> export -> port weights into an existing model.
 
+``port_model`` is used by the API (``port_weights``), ``parity check`` and ``parity port``.
 The target's parametric layers, in forward order, are matched to the graph's
 parametric nodes by kind and shape. BatchNorm that an exporter folded into the
-preceding convolution is ported inference-equivalently and marked as such.
+preceding convolution is ported inference-equivalently and marked as such, in
+structured fields of each LayerPort (``reason``, ``folded_batchnorm``, ``folded_into``).
 """
 
 from __future__ import annotations
 
 import tempfile
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +21,14 @@ import numpy as np
 from converters.errors import WeightMappingError
 from converters.graph import Graph, fold, load_onnx
 from converters.params import ParamGroup, param_groups
-from converters.report import LayerPort, PortReport
+from converters.report import (
+    FOLDED_BATCHNORM,
+    FOLDED_INTO,
+    FOLDED_STATISTICS,
+    LSTM_SINGLE_BIAS,
+    LayerPort,
+    PortReport,
+)
 from converters.rules.attention import unfuse_attention
 from converters.targets import TargetLayer, framework_of, target_layers
 
@@ -82,10 +92,11 @@ def _take(target: TargetLayer, remaining: list[ParamGroup]) -> tuple[ParamGroup,
 
 
 def port_graph(graph: Graph, targets: list[TargetLayer], source: str, framework: str) -> PortReport:
+    """Write the graph's parameter groups into ``targets`` (forward order) and report each layer."""
     groups = param_groups(graph)
     if not any(t.kind == "attention" for t in targets):
         groups = unfuse_attention(groups)  # the target spells attention out with dense layers
-    report = PortReport(source=source, target_framework=framework)
+    report = PortReport(source=source, target_framework=framework, unfolded=dict(graph.unfolded))
     remaining = list(groups)
     folded: dict[int, tuple[ParamGroup, np.ndarray | None]] = {}  # target index -> (conv group, bias for beta)
     for i, target in enumerate(targets):
@@ -95,7 +106,8 @@ def port_graph(graph: Graph, targets: list[TargetLayer], source: str, framework:
             report.layers.append(LayerPort(
                 target.name, "batchnorm", group.nodes, "identity (gamma 1, mean 0, var 1-eps)"
                 + (", beta = folded bias" if bias is not None else ""), "inference-only",
-                "statistics were folded into the preceding layer by the exporter; export losslessly to keep them"))
+                "statistics were folded into the preceding layer by the exporter; export losslessly to keep them",
+                reason=FOLDED_INTO, folded_into=targets[i - 1].name))
             continue
         group, tensors = _take(target, remaining)
         nxt = targets[i + 1] if i + 1 < len(targets) else None
@@ -113,21 +125,23 @@ def port_graph(graph: Graph, targets: list[TargetLayer], source: str, framework:
         if folded_stats:  # x*scale+shift: variance 1-eps makes the target's division by sqrt(var+eps) exact
             tensors["var"] = np.full(target.shapes["var"][0], 1.0 - float(target.hyper["epsilon"]), np.float32)  # type: ignore[index]
         transform = target.write(tensors, group.attrs)
-        status, note = "exact", ""
+        layer = LayerPort(target.name, target.kind, group.nodes, transform, "exact")
         if folded_bn and nxt is not None:
-            status, note = "inference-only", f"BatchNorm {nxt.name!r} was folded into this layer by the exporter"
+            layer = replace(layer, status="inference-only", reason=FOLDED_BATCHNORM, folded_batchnorm=nxt.name,
+                            note=f"BatchNorm {nxt.name!r} was folded into this layer by the exporter")
             folded[i + 1] = (group, bias_for_bn)
         elif folded_stats:
-            status = "inference-only"
-            note = "the exporter folded mean/variance into a per-channel scale and shift; ported as gamma/beta"
+            layer = replace(layer, status="inference-only", reason=FOLDED_STATISTICS,
+                            note="the exporter folded mean/variance into a per-channel scale and shift; "
+                                 "ported as gamma/beta")
         elif target.kind == "lstm" and framework == "torch":
             b = group.tensors["B"]
             gates = b.shape[1] // 2  # type: ignore[union-attr]
             if not np.any(b[:, gates:]):  # type: ignore[index]
-                status = "inference-only"
-                note = ("the source has one bias per gate (Keras); torch's b_ih carries it and b_hh is zero, "
-                        "so training moves the sum twice as fast")
-        report.layers.append(LayerPort(target.name, target.kind, group.nodes, transform, status, note))
+                layer = replace(layer, status="inference-only", reason=LSTM_SINGLE_BIAS,
+                                note="the source has one bias per gate (Keras); torch's b_ih carries it and b_hh "
+                                     "is zero, so training moves the sum twice as fast")
+        report.layers.append(layer)
         for name in group.sources:
             report.consumed_initializers[name] = report.consumed_initializers.get(name, 0) + 1
     if remaining:
@@ -164,6 +178,64 @@ def port_onnx(path: str | Path, target: Any, target_inputs: Sequence[np.ndarray]
     return port_graph(graph, layers, str(path), framework_of(target))
 
 
+def port_model(
+    source: Any,
+    target: Any,
+    source_inputs: Sequence[np.ndarray],
+    target_inputs: Sequence[np.ndarray] | None = None,
+    *,
+    onnx_path: str | Path | None = None,
+    exporter: str = "dynamo",
+    lossless: bool = False,
+    strict: bool = False,
+    input_names: Sequence[str] | None = None,
+    output_names: Sequence[str] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> PortReport:
+    """The one port pipeline: lint -> enforce -> export -> port; ``target`` is modified in place.
+
+    ``source``: a torch.nn.Module, a keras.Model, or a path to an .onnx file (then it is
+    ported as it is: no lint, no export). ``source_inputs``: numpy arrays in the source's
+    own layout (used to export, and to trace a torch source's layer order).
+    ``target_inputs``: the same in the target's layout; with them, a torch target's layer
+    order is traced from a forward pass instead of registration order.
+    ``onnx_path``: where to keep the exported file (a temporary file otherwise).
+    ``lossless``: export so that BatchNorm statistics survive (torch exporters only;
+    tf2onnx always folds them, see ``converters.export.LOSSLESS_SUPPORT``).
+    ``strict``: a semantic-defaults disagreement (epsilon, momentum, GELU form, ...)
+    raises :class:`converters.lint.SemanticMismatchError` before anything is exported;
+    otherwise the findings are in the report's ``lint``.
+    ``input_names``/``output_names``: the exported graph's (``input_k``/``output_k`` by default).
+    ``progress``: called with one line per step (each finding, the export, the port).
+    """
+    say = progress or (lambda message: None)
+    if isinstance(source, (str, Path)):
+        say(f"porting the weights in {Path(source).name} into the {framework_of(target)} model")
+        return port_onnx(source, target, target_inputs)
+    from converters.export import export_model
+    from converters.lint import enforce, lint_models
+
+    src_fw, dst_fw = framework_of(source), framework_of(target)
+    if src_fw == dst_fw:
+        raise WeightMappingError(f"source and target are both {src_fw} models; port between frameworks")
+    findings = lint_models(source, target, source_inputs if src_fw == "torch" else None, target_inputs)
+    for finding in findings:
+        say(f"semantic mismatch: {finding.message}")
+    enforce(findings, strict)
+    names_in = list(input_names) if input_names is not None else [f"input_{k}" for k in range(len(source_inputs))]
+    names_out = list(output_names) if output_names is not None else _output_names(source)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(onnx_path) if onnx_path else Path(tmp) / "source.onnx"
+        say(f"exporting it to ONNX ({exporter if src_fw == 'torch' else 'tf2onnx'}"
+            f"{', lossless' if lossless and src_fw == 'torch' else ''})")
+        export_model(source, src_fw, source_inputs, path, input_names=names_in, output_names=names_out,
+                     exporter=exporter, lossless=lossless)
+        say(f"porting its weights into the {dst_fw} twin through {path.name}")
+        report = port_onnx(path, target, target_inputs)
+    report.lint = list(findings)
+    return report
+
+
 def port_weights(
     source: Any,
     target: Any,
@@ -175,37 +247,12 @@ def port_weights(
     target_inputs: Sequence[np.ndarray] | None = None,
     onnx_path: str | Path | None = None,
 ) -> PortReport:
-    """Move ``source``'s weights into ``target`` (modified in place) through ONNX.
+    """Move ``source``'s weights into ``target`` (modified in place) through ONNX: :func:`port_model`.
 
-    ``source``: a torch.nn.Module, a keras.Model, or a path to an .onnx file.
     ``example_inputs``: numpy arrays in the source's own layout (used to export).
-    ``lossless``: export so that BatchNorm statistics survive (torch exporters only;
-    tf2onnx always folds them, see ``converters.export.LOSSLESS_SUPPORT``).
-    ``strict``: a semantic-defaults disagreement (epsilon, momentum, GELU form, ...)
-    between two model objects raises instead of being reported.
-    ``target_inputs``: the inputs in the target's layout; with them, a torch target's
-    layer order is traced from a forward pass instead of registration order.
-    ``onnx_path``: where to keep the exported file (a temporary file otherwise).
     """
-    if isinstance(source, (str, Path)):
-        return port_onnx(source, target, target_inputs)
-    from converters.export import export_model
-    from converters.lint import enforce, lint_models
-
-    src_fw = framework_of(source)
-    if src_fw == framework_of(target):
-        raise WeightMappingError(f"source and target are both {src_fw} models; port between frameworks")
-    findings = lint_models(source, target, example_inputs if src_fw == "torch" else None, target_inputs)
-    enforce(findings, strict)
-    names_in = [f"input_{k}" for k in range(len(example_inputs))]
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(onnx_path) if onnx_path else Path(tmp) / "source.onnx"
-        export_model(source, src_fw, example_inputs, path, input_names=names_in, output_names=_output_names(source),
-                     exporter=exporter, lossless=lossless)
-        report = port_onnx(path, target, target_inputs)
-    report.lint = [f.to_dict() for f in findings]
-    report.warnings.extend(f"semantic mismatch: {f.message}" for f in findings)
-    return report
+    return port_model(source, target, example_inputs, target_inputs, onnx_path=onnx_path, exporter=exporter,
+                      lossless=lossless, strict=strict)
 
 
 def _output_names(model: Any) -> list[str]:

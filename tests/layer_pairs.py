@@ -2,10 +2,16 @@
 
 Each factory returns (torch module, keras model, input in torch layout, input layout).
 Names are the same on both sides so a failure reads the same in either direction.
+``PAIRS[kind](seed=0)`` builds a pair with every initialiser and the input seeded: the
+torch modules are created under ``torch.manual_seed(seed)`` (global RNG restored after),
+the Keras layers after ``keras.utils.set_random_seed(seed)`` (as ``zoo.spec`` does: each
+unseeded Keras initializer draws its seed from it when the layer is created), and the
+input comes from ``np.random.default_rng(seed)``.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,8 +31,24 @@ class Pair:
         return np.ascontiguousarray(self.x.transpose(perm)) if perm else self.x
 
 
-def _rng() -> np.random.Generator:
-    return np.random.default_rng(0)
+PAIRS: dict[str, Callable[..., Pair]] = {}
+
+
+def _pair(factory: Callable[[np.random.Generator], Pair]) -> Callable[..., Pair]:
+    """Register ``factory`` in PAIRS under its name, wrapped so that every build is seeded."""
+
+    @functools.wraps(factory)
+    def build(seed: int = 0) -> Pair:
+        import keras
+        import torch
+
+        keras.utils.set_random_seed(seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return factory(np.random.default_rng(seed))
+
+    PAIRS[factory.__name__] = build
+    return build
 
 
 def _seq(*layers: Any) -> Any:
@@ -57,138 +79,154 @@ def _kseq(shape: tuple[int, ...], *layers: Any, dtype: str = "float32") -> Any:
     return keras.Model(inp, x)
 
 
-def dense2d() -> Pair:
+@_pair
+def dense2d(rng: np.random.Generator) -> Pair:
     from keras import layers as L
     from torch import nn
 
     return Pair(_seq(("fc", nn.Linear(8, 6))), _kseq((8,), L.Dense(6, name="fc")),
-                _rng().standard_normal((3, 8)).astype(np.float32), "NC")
+                rng.standard_normal((3, 8)).astype(np.float32), "NC")
 
 
-def dense3d() -> Pair:
+@_pair
+def dense3d(rng: np.random.Generator) -> Pair:
     from keras import layers as L
     from torch import nn
 
     return Pair(_seq(("fc", nn.Linear(8, 6))), _kseq((5, 8), L.Dense(6, name="fc")),
-                _rng().standard_normal((3, 5, 8)).astype(np.float32), "NLC")
+                rng.standard_normal((3, 5, 8)).astype(np.float32), "NLC")
 
 
-def conv1d() -> Pair:
+@_pair
+def conv1d(rng: np.random.Generator) -> Pair:
     from keras import layers as L
     from torch import nn
 
     return Pair(_seq(("conv", nn.Conv1d(3, 8, 3, dilation=2))), _kseq((12, 3), L.Conv1D(8, 3, dilation_rate=2, name="conv")),
-                _rng().standard_normal((3, 3, 12)).astype(np.float32), "NCL")
+                rng.standard_normal((3, 3, 12)).astype(np.float32), "NCL")
 
 
-def conv2d_stride() -> Pair:
+@_pair
+def conv2d_stride(rng: np.random.Generator) -> Pair:
     from keras import layers as L
     from torch import nn
 
     return Pair(_seq(("conv", nn.Conv2d(3, 8, 3, stride=2))), _kseq((9, 9, 3), L.Conv2D(8, 3, strides=2, name="conv")),
-                _rng().standard_normal((3, 3, 9, 9)).astype(np.float32), "NCHW")
+                rng.standard_normal((3, 3, 9, 9)).astype(np.float32), "NCHW")
 
 
-def conv2d_dilation() -> Pair:
+@_pair
+def conv2d_dilation(rng: np.random.Generator) -> Pair:
     from keras import layers as L
     from torch import nn
 
     return Pair(_seq(("conv", nn.Conv2d(3, 8, 3, dilation=2))),
                 _kseq((9, 9, 3), L.Conv2D(8, 3, dilation_rate=2, name="conv")),
-                _rng().standard_normal((3, 3, 9, 9)).astype(np.float32), "NCHW")
+                rng.standard_normal((3, 3, 9, 9)).astype(np.float32), "NCHW")
 
 
-def conv2d_groups() -> Pair:
+@_pair
+def conv2d_groups(rng: np.random.Generator) -> Pair:
     from keras import layers as L
     from torch import nn
 
     return Pair(_seq(("conv", nn.Conv2d(4, 8, 3, groups=2))), _kseq((8, 8, 4), L.Conv2D(8, 3, groups=2, name="conv")),
-                _rng().standard_normal((3, 4, 8, 8)).astype(np.float32), "NCHW")
+                rng.standard_normal((3, 4, 8, 8)).astype(np.float32), "NCHW")
 
 
-def depthwise() -> Pair:
+@_pair
+def depthwise(rng: np.random.Generator) -> Pair:
     from keras import layers as L
     from torch import nn
 
     return Pair(_seq(("dw", nn.Conv2d(4, 8, 3, groups=4))),
                 _kseq((8, 8, 4), L.DepthwiseConv2D(3, depth_multiplier=2, name="dw")),
-                _rng().standard_normal((3, 4, 8, 8)).astype(np.float32), "NCHW")
+                rng.standard_normal((3, 4, 8, 8)).astype(np.float32), "NCHW")
 
 
-def conv_transpose2d() -> Pair:
+@_pair
+def conv_transpose2d(rng: np.random.Generator) -> Pair:
     from keras import layers as L
     from torch import nn
 
     return Pair(_seq(("up", nn.ConvTranspose2d(4, 6, 3, stride=2))),
                 _kseq((5, 5, 4), L.Conv2DTranspose(6, 3, strides=2, name="up")),
-                _rng().standard_normal((3, 4, 5, 5)).astype(np.float32), "NCHW")
+                rng.standard_normal((3, 4, 5, 5)).astype(np.float32), "NCHW")
 
 
-def batchnorm1d() -> Pair:
+@_pair
+def batchnorm1d(rng: np.random.Generator) -> Pair:
     from keras import layers as L
     from torch import nn
 
     return Pair(_seq(("fc", nn.Linear(8, 6)), ("bn", nn.BatchNorm1d(6))),
                 _kseq((8,), L.Dense(6, name="fc"), L.BatchNormalization(epsilon=1e-5, momentum=0.9, name="bn")),
-                _rng().standard_normal((3, 8)).astype(np.float32), "NC")
+                rng.standard_normal((3, 8)).astype(np.float32), "NC")
 
 
-def batchnorm2d() -> Pair:
+@_pair
+def batchnorm2d(rng: np.random.Generator) -> Pair:
     from keras import layers as L
     from torch import nn
 
     return Pair(_seq(("conv", nn.Conv2d(3, 8, 3)), ("bn", nn.BatchNorm2d(8))),
                 _kseq((8, 8, 3), L.Conv2D(8, 3, name="conv"), L.BatchNormalization(epsilon=1e-5, momentum=0.9, name="bn")),
-                _rng().standard_normal((3, 3, 8, 8)).astype(np.float32), "NCHW")
+                rng.standard_normal((3, 3, 8, 8)).astype(np.float32), "NCHW")
 
 
-def layernorm() -> Pair:
+@_pair
+def layernorm(rng: np.random.Generator) -> Pair:
     from keras import layers as L
     from torch import nn
 
     return Pair(_seq(("fc", nn.Linear(8, 8)), ("ln", nn.LayerNorm(8))),
                 _kseq((5, 8), L.Dense(8, name="fc"), L.LayerNormalization(epsilon=1e-5, name="ln")),
-                _rng().standard_normal((3, 5, 8)).astype(np.float32), "NLC")
+                rng.standard_normal((3, 5, 8)).astype(np.float32), "NLC")
 
 
-def groupnorm() -> Pair:
+@_pair
+def groupnorm(rng: np.random.Generator) -> Pair:
     from keras import layers as L
     from torch import nn
 
     return Pair(_seq(("conv", nn.Conv2d(3, 8, 3)), ("gn", nn.GroupNorm(2, 8))),
                 _kseq((8, 8, 3), L.Conv2D(8, 3, name="conv"), L.GroupNormalization(2, epsilon=1e-5, name="gn")),
-                _rng().standard_normal((3, 3, 8, 8)).astype(np.float32), "NCHW")
+                rng.standard_normal((3, 3, 8, 8)).astype(np.float32), "NCHW")
 
 
-def embedding() -> Pair:
+@_pair
+def embedding(rng: np.random.Generator) -> Pair:
     from keras import layers as L
     from torch import nn
 
     return Pair(_seq(("emb", nn.Embedding(20, 8)), ("fc", nn.Linear(8, 4))),
                 _kseq((5,), L.Embedding(20, 8, name="emb"), L.Dense(4, name="fc"), dtype="int64"),
-                _rng().integers(0, 20, (3, 5)).astype(np.int64), "ids")
+                rng.integers(0, 20, (3, 5)).astype(np.int64), "ids")
 
 
-def lstm() -> Pair:
+@_pair
+def lstm(rng: np.random.Generator) -> Pair:
     from keras import layers as L
     from torch import nn
 
     return Pair(_seq(("lstm", nn.LSTM(8, 16, num_layers=2, bidirectional=True, batch_first=True))),
                 _kseq((5, 8), L.Bidirectional(L.LSTM(16, return_sequences=True), name="lstm_0"),
                       L.Bidirectional(L.LSTM(16, return_sequences=True), name="lstm_1")),
-                _rng().standard_normal((3, 5, 8)).astype(np.float32), "NLC")
+                rng.standard_normal((3, 5, 8)).astype(np.float32), "NLC")
 
 
-def gru() -> Pair:
+@_pair
+def gru(rng: np.random.Generator) -> Pair:
     from keras import layers as L
     from torch import nn
 
     return Pair(_seq(("gru", nn.GRU(8, 16, batch_first=True))),
                 _kseq((5, 8), L.GRU(16, return_sequences=True, reset_after=True, name="gru")),
-                _rng().standard_normal((3, 5, 8)).astype(np.float32), "NLC")
+                rng.standard_normal((3, 5, 8)).astype(np.float32), "NLC")
 
 
-def mixed_parameter_free() -> Pair:
+@_pair
+def mixed_parameter_free(rng: np.random.Generator) -> Pair:
     """Pooling, activations, dropout, residual add, concatenation and flatten between parametric layers."""
     import keras
     import torch
@@ -219,17 +257,11 @@ def mixed_parameter_free() -> Pair:
     c = L.Concatenate(axis=-1)([b, b2])
     c = L.AveragePooling2D(2)(L.MaxPooling2D(2)(c))
     out = L.Dense(5, name="fc")(L.Flatten()(L.Dropout(0.5, name="drop")(c)))
-    return Pair(Mixed(), keras.Model(inp, out), _rng().standard_normal((3, 3, 8, 8)).astype(np.float32), "NCHW")
+    return Pair(Mixed(), keras.Model(inp, out), rng.standard_normal((3, 3, 8, 8)).astype(np.float32), "NCHW")
 
 
-PAIRS: dict[str, Callable[[], Pair]] = {
-    f.__name__: f for f in (dense2d, dense3d, conv1d, conv2d_stride, conv2d_dilation, conv2d_groups, depthwise,
-                            conv_transpose2d, batchnorm1d, batchnorm2d, layernorm, groupnorm, embedding, lstm, gru,
-                            mixed_parameter_free)
-}
-
-
-def attention() -> Pair:
+@_pair
+def attention(rng: np.random.Generator) -> Pair:
     """Self-attention, batch_first; torch packs Q, K, V into one projection, Keras has three."""
     import keras
     import torch
@@ -245,7 +277,5 @@ def attention() -> Pair:
 
     x = inp = keras.Input((5, 8))
     out = keras.layers.MultiHeadAttention(2, 4, name="mha")(x, x)
-    return Pair(SelfAttention(), keras.Model(inp, out), _rng().standard_normal((3, 5, 8)).astype(np.float32), "NLC")
+    return Pair(SelfAttention(), keras.Model(inp, out), rng.standard_normal((3, 5, 8)).astype(np.float32), "NLC")
 
-
-PAIRS["attention"] = attention

@@ -5,25 +5,32 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import subprocess
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
-from parity.bench.engine import (
+from parity.bench.results import (
     INFERENCE_RUNTIMES,
     TRAINING_RUNTIMES,
     BenchConfig,
     BenchResult,
     Cell,
-    Stats,
-    measure,
     select_runtimes,
 )
+from parity.bench.timing import Stats, measure
 from parity.cli import bench as bench_cli
 from parity.errors import UsageError
+
+# On a CPU run (--device cpu) only the GPU providers may go unmeasured, and only for these
+# reasons: onnxruntime (not onnxruntime-gpu) lacks the provider, or the GPU build is asked
+# for the CPU device. Every other runtime (torch eager/compile, TF eager/function/XLA, ORT
+# CPU) is a hard dependency of the project and must produce a measurement.
+GPU_ONLY = {"ort-cuda": "CUDAExecutionProvider", "ort-tensorrt": "TensorrtExecutionProvider"}
 
 # ============================================================================ statistics
 
@@ -174,7 +181,7 @@ def _result() -> BenchResult:
              _cell("torch-eager", 8, 3e-3), _cell("ort-cpu", 8, 4e-3))
     return BenchResult(model="mlp", preset="small", task="inference",
                        config={"device_resolved": "cpu", "threads": 2, "precision": "fp32", "budget_s": 0.1},
-                       environment={"device_name": "test cpu"}, cells=cells, flops={1: 1000, 8: 8000},
+                       environment={"cpu": {"model": "test cpu"}}, cells=cells, flops={1: 1000, 8: 8000},
                        peak={"gflops": 100.0, "n": 64, "dtype": "float32", "device": "cpu"})
 
 
@@ -194,6 +201,7 @@ def test_table_marks_the_fastest_per_batch_and_keeps_skips() -> None:
     lines = table.splitlines()
     starred = [line.split()[1] for line in lines if len(line.split()) > 1 and line.split()[1].startswith("*")]
     assert starred == ["*ort-cpu", "*torch-eager"]
+    assert "device cpu (test cpu)" in lines[0]  # the device's name from the environment capture
     assert any("ort-cuda" in line and "skipped: onnxruntime has no CUDAExecutionProvider" in line for line in lines)
 
 
@@ -206,7 +214,6 @@ def test_write_json_is_atomic(tmp_path: Path) -> None:
 
 
 def test_plot_writes_a_png(tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib")
     from parity.bench.plot import measured_series, plot_bench
 
     data = _result().to_dict()
@@ -256,7 +263,6 @@ def test_cli_usage_errors(argv: list[str], message: str) -> None:
 
 
 def test_cli_flops_prints_the_count(capsys: pytest.CaptureFixture[str]) -> None:
-    pytest.importorskip("torch")
     args = _parse(["flops", "mlp", "--batch", "1,4"])
     assert args.handler is bench_cli.run_flops and args.handler(args) == 0
     out = capsys.readouterr().out
@@ -269,7 +275,6 @@ def test_cli_flops_prints_the_count(capsys: pytest.CaptureFixture[str]) -> None:
 @pytest.fixture(scope="module")
 def mlp_inference(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, dict, str]:
     """One CLI run over every inference runtime with a tiny budget, JSON and plot written."""
-    pytest.importorskip("torch")
     out = tmp_path_factory.mktemp("bench")
     args = _parse(["bench", "mlp", "--batch", "1,4", "--device", "cpu", "--threads", "1", "--budget", "0.01",
                    "--min-runs", "3", "--warmup", "1", "--json", str(out / "b.json"), "--plot", str(out / "b.png")])
@@ -279,44 +284,58 @@ def mlp_inference(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, dict, 
 
 
 def _check_cells(data: dict, runtimes: tuple[str, ...], batches: tuple[int, ...], min_runs: int) -> None:
+    """Every cell present; every CPU-capable one measured; only the GPU providers skipped, for their reason."""
     by_key = {(c["runtime"], c["batch"]): c for c in data["cells"]}
     assert set(by_key) == {(r, b) for r in runtimes for b in batches}  # nothing dropped
     for (runtime, batch), c in by_key.items():
-        if c["status"] == "ok":
-            s = c["stats"]
-            assert s["count"] >= min_runs and c["first_call_s"] is not None, runtime
-            assert s["min_s"] <= s["median_s"] <= s["p90_s"] <= s["p99_s"], runtime
-            assert c["throughput"] == pytest.approx(batch / s["median_s"])
-        else:
-            assert c["status"] in ("skipped", "failed") and c["reason"], (runtime, c)
+        if runtime in GPU_ONLY:
+            provider = GPU_ONLY[runtime]
+            assert c["status"] == "skipped", (runtime, batch, c["status"], c["reason"])
+            assert re.search(rf"onnxruntime has no {provider}|{provider} needs --device cuda", c["reason"]), c["reason"]
+            continue
+        assert c["status"] == "ok", (runtime, batch, c["status"], c["reason"])
+        s = c["stats"]
+        assert s["count"] >= min_runs and c["first_call_s"] is not None, runtime
+        assert 0 < s["min_s"] <= s["median_s"] <= s["p90_s"] <= s["p99_s"], runtime
+        assert c["throughput"] == pytest.approx(batch / s["median_s"])
 
 
-def test_smoke_every_cpu_inference_runtime_is_measured_or_explained(mlp_inference: tuple[int, dict, str]) -> None:
+def test_smoke_every_cpu_inference_runtime_is_measured(mlp_inference: tuple[int, dict, str]) -> None:
     rc, data, plot = mlp_inference
     assert rc == 0
     _check_cells(data, INFERENCE_RUNTIMES, (1, 4), min_runs=3)
-    status = {c["runtime"]: c["status"] for c in data["cells"]}
-    # on this CPU-only test machine the CPU modes run, the GPU providers say why they cannot
-    assert status["torch-eager"] == "ok" and status["ort-cpu"] == "ok"
-    assert all(c["reason"] for c in data["cells"] if c["runtime"] in ("ort-cuda", "ort-tensorrt")
-               and c["status"] != "ok")
     assert Path(plot).read_bytes()[:4] == b"\x89PNG"
 
 
 def test_smoke_records_environment_threads_precision_and_flops(mlp_inference: tuple[int, dict, str]) -> None:
     _, data, _ = mlp_inference
-    env = data["environment"]
-    assert env["versions"]["torch"] and env["device"] == "cpu"
-    assert env["threads"]["requested"] == 1
-    assert env["threads"]["torch"]["intra_op_threads"] == 1
-    assert env["precision"]["torch"]["tf32"] is False  # fp32 means TF32 off
+    env = data["environment"]  # parity.env.capture's shape, as `parity doctor` and check results have it
+    assert env["versions"]["torch"] and env["cpu"]["usable_cores"] >= 1 and "gpu" in env
+    assert env["torch"]["intra_op_threads"] == 1  # read back from torch after the bench set it
+    assert env["torch"]["tf32"]["matmul"] is False  # fp32 means TF32 off
+    assert env["tensorflow"]["tf32"] is False and env["onnxruntime"]["available"] is True
+    assert data["config"]["device_resolved"] == "cpu" and data["config"]["threads"] == 1
+    settings = data["config"]["settings"]
+    assert settings["threads"]["requested"] == 1 and settings["threads"]["ort"]["intra_op_threads"] == 1
+    assert settings["precision"]["torch"]["tf32"] is False
+    assert set(data["load_average_1min"]) == {"start", "end"}
     assert data["flops"] == {"1": 13568, "4": 4 * 13568}
     ok = [c for c in data["cells"] if c["status"] == "ok"]
     assert all(c["flops"] and c["achieved_gflops"] is not None and c["peak_memory_bytes"] for c in ok)
 
 
-def test_smoke_training_modes_are_measured_or_explained() -> None:
-    pytest.importorskip("torch")
+def test_environment_describes_only_the_frameworks_a_bench_imports() -> None:
+    import zoo
+    from parity.bench.engine import Bench
+
+    config = BenchConfig(batches=(1,), device="cpu", threads=1, runtimes=("torch-eager",), probe_peak=False)
+    with Bench(zoo.get("mlp"), config) as bench:
+        env = bench.environment()
+    assert env["torch"]["available"] is True
+    assert "tensorflow" not in env and "onnxruntime" not in env
+
+
+def test_smoke_every_cpu_training_mode_is_measured() -> None:
     import zoo
     from parity.bench.engine import run_benchmark
 
@@ -333,7 +352,44 @@ def test_smoke_training_modes_are_measured_or_explained() -> None:
 
 def test_table_warns_when_other_processes_loaded_the_cpu() -> None:
     data = _result().to_dict()
-    data["environment"].update({"usable_cores": 2, "load_average_1min": {"start": 0.5, "end": 3.5}})
+    data["environment"]["cpu"] = {"model": "test cpu", "logical_cores": 2, "usable_cores": 2}
+    data["load_average_1min"] = {"start": 0.5, "end": 3.5}
     assert "WARNING: host load average reached 3.5 on 2 cores" in bench_cli.format_table(data)
-    data["environment"]["load_average_1min"] = {"start": 0.5, "end": 1.9}
+    data["load_average_1min"] = {"start": 0.5, "end": 1.9}
     assert "WARNING" not in bench_cli.format_table(data)
+
+
+# ============================================================================ make bench: its exit code
+
+
+@pytest.fixture(scope="module")
+def bench_script() -> ModuleType:
+    """scripts/bench.py, loaded as a module (scripts/ is not a package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "bench.py"
+    spec = importlib.util.spec_from_file_location("bench_script", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_make_bench_fails_on_an_unmeasured_cpu_cell(bench_script: ModuleType) -> None:
+    data = _result().to_dict()
+    assert bench_script.cell_problems(data) == []  # ort-cuda skipped for want of a GPU provider is fine
+    data["cells"].append(_cell("tf-xla", 1, None, reason="tensorflow is not installed").to_dict())
+    data["cells"].append({**_cell("torch-compile", 1, None, reason="InductorError: boom").to_dict(),
+                          "status": "failed"})
+    problems = bench_script.cell_problems(data)
+    assert len(problems) == 2
+    assert "tf-xla batch=1: skipped: tensorflow is not installed" in problems[0]
+    assert "torch-compile batch=1: failed: InductorError: boom" in problems[1]
+
+
+def test_make_bench_fails_outside_the_fidelity_band(bench_script: ModuleType) -> None:
+    band = bench_script.FIDELITY_TARGET
+    row = {"model": "mlp", "runtime": "ort-cpu", "batch": 1, "round_ratios": [1.0]}
+    inside = [{**row, "ratio": 1 + band * 0.9}, {**row, "ratio": 1 - band * 0.9}]
+    assert bench_script.fidelity_problems(inside) == []
+    outside = bench_script.fidelity_problems([{**row, "ratio": 1 + band * 1.5}])
+    assert len(outside) == 1 and "outside 1 +- 5%" in outside[0]

@@ -93,7 +93,7 @@ def test_showcase_check_passes(showcase: CheckResult) -> None:
     embedding = [c for c in showcase.comparisons if c.output == "embedding"]
     assert {c.a for c in embedding} == set(PORTED)
     assert all(c.cosine >= MIN_COSINE for c in embedding)  # the column is the worst sentence's cosine
-    assert all(s == "exact" for s in (layer["status"] for layer in showcase.port["layers"]))
+    assert showcase.port.layers and all(layer.exact for layer in showcase.port.layers)
 
 
 @pytest.mark.parametrize("runtime", ["torch", *PORTED])
@@ -130,9 +130,9 @@ def test_keras_default_layernorm_epsilon_is_caught(minilm: Path, sentences: list
     result = run_check(options, spec=planted, progress=_quiet)
     assert not result.passed
     first = result.lint[0]
-    assert (first["source_layer"], first["target_layer"], first["field"]) == (
+    assert (first.source_layer, first.target_layer, first.field) == (
         "embeddings.LayerNorm", "embeddings.LayerNorm", "epsilon")
-    assert (first["source_value"], first["target_value"]) == (1e-12, 1e-3)
+    assert (first.source_value, first.target_value) == (1e-12, 1e-3)
     assert len(result.lint) == 1 + 2 * 6  # every LayerNorm of the 6 layers
     failing = {(c.a, c.output) for c in result.failures}
     assert {("tf", "embedding"), ("ort-tf", "embedding")} <= failing  # the Keras port and its export

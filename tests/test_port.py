@@ -12,6 +12,7 @@ from converters import layouts
 from converters.errors import ConversionError, UnsupportedLayerError, WeightMappingError
 from converters.export import export_model
 from converters.port import port_onnx, port_weights
+from converters.report import FOLDED_BATCHNORM, FOLDED_INTO
 from parity.runners import make_runner
 from zoo.weights import randomize
 
@@ -54,6 +55,10 @@ def _ported_pair(name: str, src: str, tmp_path: Path, exporter: str = "dynamo", 
     return spec, report, outs, path
 
 
+# The parametric layers each twin's forward calls, in that order (read off zoo/mlp.py and zoo/cnn.py):
+# the port report must list them so, whatever order the targets are enumerated in.
+FORWARD_ORDER = {"mlp": ["fc1", "fc2", "head"], "cnn": ["conv1", "bn1", "conv2", "bn2", "fc"]}
+
 CASES = [
     pytest.param(name, src, exporter, lossless, id=f"{name}-{src}-{exporter if src == 'torch' else 'tf2onnx'}"
                  + ("-lossless" if lossless else ""))
@@ -69,9 +74,7 @@ def test_port_matches_source(name: str, src: str, exporter: str, lossless: bool,
     ref = outs[src]
     scale = float(np.abs(ref).max())
     np.testing.assert_allclose(outs[OTHER[src]], ref, atol=spec.tolerance.absolute(scale), rtol=spec.tolerance.rtol)
-    assert [x.target for x in report.layers] == [x.name for x in
-                                                  __import__("converters.targets", fromlist=["x"]).target_layers(
-                                                      spec.build(OTHER[src], 1))]
+    assert [x.target for x in report.layers] == FORWARD_ORDER[name]
     # every initializer is consumed exactly once or listed with a reason
     assert all(n == 1 for n in report.consumed_initializers.values())
     assert all(reason for reason in report.unused_initializers.values())
@@ -84,6 +87,12 @@ def test_folded_batchnorm_is_marked_inference_only(tmp_path: Path) -> None:
     assert status == {"conv1": "inference-only", "bn1": "inference-only", "conv2": "inference-only",
                       "bn2": "inference-only", "fc": "exact"}
     assert not folded.exact
+    # structured, for code to read (localisation does): which BatchNorm went into which layer, and why
+    fields = {x.target: (x.reason, x.folded_batchnorm, x.folded_into) for x in folded.layers}
+    assert fields == {"conv1": (FOLDED_BATCHNORM, "bn1", None), "bn1": (FOLDED_INTO, None, "conv1"),
+                      "conv2": (FOLDED_BATCHNORM, "bn2", None), "bn2": (FOLDED_INTO, None, "conv2"),
+                      "fc": ("", None, None)}
+    assert folded.to_dict()["layers"][0]["folded_batchnorm"] == "bn1"
     _, lossless, _, _ = _ported_pair("cnn", "torch", tmp_path, "dynamo", lossless=True)
     assert lossless.exact
 
@@ -97,12 +106,6 @@ def test_lossless_port_copies_batchnorm_statistics_exactly(tmp_path: Path) -> No
     bn = target.get_layer("bn1")
     np.testing.assert_array_equal(bn.moving_variance.numpy(), source.bn1.running_var.numpy())
     np.testing.assert_array_equal(bn.gamma.numpy(), source.bn1.weight.detach().numpy())
-
-
-def _build_pair(cfg_torch: dict, cfg_keras: dict):
-    t = zoo.get("cnn", **cfg_torch).build_torch(0)
-    k = zoo.get("cnn", **cfg_keras).build_keras(0)
-    return t, k
 
 
 def test_different_channel_count_names_first_mismatching_layer(tmp_path: Path) -> None:
@@ -172,3 +175,68 @@ def test_external_data_outside_model_folder_is_refused(tmp_path: Path) -> None:
     onnx.save(helper.make_model(graph), folder / "m.onnx")
     with pytest.raises(ConversionError, match="outside the model's folder"):
         port_onnx(folder / "m.onnx", zoo.get("mlp").build_keras(0))
+
+
+# ----------------------------------------------------------------------------- the user's input or our bug
+
+
+def _refused_model() -> object:
+    """A torch model no exporter takes: linalg.eig has no ONNX form (the user's model, not our code)."""
+    import torch
+    from torch import nn
+
+    class Eig(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.linalg.eig(x)[0].real
+
+    return Eig()
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
+def test_an_exporter_refusing_the_model_is_a_conversion_error(exporter: str, tmp_path: Path) -> None:
+    x = np.random.default_rng(0).standard_normal((3, 3)).astype(np.float32)
+    with pytest.raises(ConversionError, match=f"torch {exporter} export of Eig failed"):
+        export_model(_refused_model(), "torch", [x], tmp_path / "m.onnx", input_names=["x"], output_names=["y"],
+                     exporter=exporter)
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_a_bug_of_ours_in_export_stays_a_traceback(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from converters import export, layouts
+    from parity.cli import main
+
+    def broken(path: object) -> None:  # a bug in our own post-export check
+        raise AttributeError("'NoneType' object has no attribute 'graph'")
+
+    monkeypatch.setattr(export, "check_onnx", broken)
+    with pytest.raises(AttributeError, match="no attribute 'graph'"):  # not exit code 2 ("your input is wrong")
+        main(["port", "mlp", "--from", "torch", "--out", str(tmp_path / "o")])
+    # inside an exporter call, a failure raised in our code (here converters.layouts) is ours too
+    with pytest.raises(AttributeError):
+        export.run_exporter("an export", layouts.conv_to_keras, None)
+    with pytest.raises(ConversionError, match="an export failed: ValueError: the exporter says no"):
+        export.run_exporter("an export", _raise_value_error, "the exporter says no")
+
+
+def _raise_value_error(message: str) -> None:
+    raise ValueError(message)
+
+
+def test_a_bug_in_our_tf2onnx_op_handler_stays_a_traceback(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """tf2onnx logs a failing custom op handler and leaves the op unconverted; the error must not
+    turn into "left TensorFlow ops that ONNX does not have" (a ConversionError, exit code 2)."""
+    import keras
+
+    from converters import export
+
+    def broken(ctx: object, node: object, name: object, args: object) -> None:
+        raise ZeroDivisionError("a bug in the Erfc handler")
+
+    monkeypatch.setattr(export, "_erfc_as_erf", broken)
+    inp = keras.Input((4,))
+    dense = keras.layers.Dense(4, activation="gelu", kernel_initializer=keras.initializers.GlorotUniform(0))
+    model = keras.Model(inp, dense(inp))  # exact GELU: TensorFlow computes it with Erfc
+    x = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)
+    with pytest.raises(ZeroDivisionError, match="Erfc handler"):
+        export_model(model, "tf", [x], tmp_path / "k.onnx", input_names=["x"], output_names=["y"])

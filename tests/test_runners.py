@@ -23,6 +23,23 @@ def mlp(tmp_path_factory: pytest.TempPathFactory) -> tuple[zoo.ModelSpec, object
     return spec, tm, km, path
 
 
+def auto_device(kind: str) -> str:
+    """What ``device="auto"`` must report for runner ``kind``, from what its framework sees:
+    the GPU when it sees one (torch and TF report the GPU's name, ORT "cuda"), else "cpu"."""
+    if kind == "torch":
+        import torch
+
+        return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    if kind == "tf":
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+        return tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU:0") if gpus else "cpu"
+    import onnxruntime as ort
+
+    return "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
+
+
 @pytest.mark.parametrize("kind", ["torch", "tf", "ort"])
 def test_runner_returns_named_outputs_and_reports_device(kind: str, mlp: tuple) -> None:
     spec, tm, km, path = mlp
@@ -32,8 +49,38 @@ def test_runner_returns_named_outputs_and_reports_device(kind: str, mlp: tuple) 
     out = runner.run(spec.example_inputs(3, 1))
     assert list(out) == ["logits"] and out["logits"].shape == (3, 10) and out["logits"].dtype == np.float32
     info = runner.describe()
-    assert info["device"] == "cpu" and info["threads"] == 1 and info["precision"] == "fp32"
+    assert info["device"] == auto_device(kind) and info["threads"] == 1 and info["precision"] == "fp32"
     assert info["tf32"] is False  # fp32 means TF32 off, set explicitly
+    if kind == "torch":  # the model really is where the runner says
+        import torch
+
+        assert next(runner.model.parameters()).device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if kind == "ort":
+        assert info["provider"] == ("CUDAExecutionProvider" if info["device"] == "cuda" else "CPUExecutionProvider")
+
+
+def test_auto_picks_the_gpu_whenever_the_framework_reports_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """device="auto" on a machine each framework reports a GPU on, and on one without (no GPU needed)."""
+    import onnxruntime as ort
+    import tensorflow as tf
+    import torch
+
+    from parity.runners import ort_runner, tf_runner, torch_runner
+
+    for gpu in (True, False):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda gpu=gpu: gpu)
+        monkeypatch.setattr(tf.config, "list_physical_devices",
+                            lambda kind=None, gpu=gpu: ["GPU:0"] if gpu and kind == "GPU" else [])
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if gpu else ["CPUExecutionProvider"]
+        monkeypatch.setattr(ort, "get_available_providers", lambda providers=providers: providers)
+        want = "cuda" if gpu else "cpu"
+        assert torch_runner.resolve_device("auto") == want
+        assert tf_runner.resolve_device("auto") == want
+        chosen = ort_runner.providers_for("auto", "fp32")[0]
+        assert (chosen[0] if isinstance(chosen, tuple) else chosen) == ("CUDAExecutionProvider" if gpu else
+                                                                         "CPUExecutionProvider")
+        if gpu:  # fp32 keeps TF32 off on the GPU too
+            assert chosen == ("CUDAExecutionProvider", {"use_tf32": "0"})
 
 
 def test_torch_and_ort_agree_on_the_same_export(mlp: tuple) -> None:
@@ -61,6 +108,6 @@ def test_bad_options_and_missing_devices() -> None:
 
     if not torch.cuda.is_available():
         with pytest.raises(DeviceUnavailableError, match="no CUDA device"):
-            make_runner("torch", device="cuda").prepare(torch.nn.Linear(2, 2))
+            make_runner("torch", device="cuda").prepare(zoo.get("mlp").build_torch(0))
     with pytest.raises(ValueError, match="unknown runner 'jax'"):
         make_runner("jax")

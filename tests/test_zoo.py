@@ -50,18 +50,30 @@ def test_twins_share_layer_names_and_parameter_counts(name: str) -> None:
 
 
 def test_cnn_same_padding_matches_tensorflow_exactly() -> None:
-    """Stride-2 'same' on an even input pads (0, 1): torch must reproduce TF's output."""
+    """The zoo cnn's stride-2 'same' conv on an even input: both twins' conv1 outputs, computed by
+    zoo/cnn.py's own padding code (torch pads (0, 1) in its forward, Keras uses padding='same'),
+    equal TensorFlow's 'SAME' convolution with the same kernel."""
+    import keras
     import tensorflow as tf
-    import torch
 
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((1, 16, 16, 3)).astype(np.float32)
-    k = rng.standard_normal((3, 3, 3, 4)).astype(np.float32)
-    y_tf = tf.nn.conv2d(x, k, strides=2, padding="SAME").numpy()
-    xt = torch.nn.functional.pad(torch.from_numpy(x.transpose(0, 3, 1, 2)), (0, 1, 0, 1))
-    y_t = torch.nn.functional.conv2d(xt, torch.from_numpy(k.transpose(3, 2, 0, 1)), stride=2).numpy()
-    # one 27-term dot product per element: float32 rounding only (~1e-6 at |y|~5)
-    np.testing.assert_allclose(y_t.transpose(0, 2, 3, 1), y_tf, atol=1e-5, rtol=1e-5)
-    y_sym = torch.nn.functional.conv2d(torch.from_numpy(x.transpose(0, 3, 1, 2)),
-                                       torch.from_numpy(k.transpose(3, 2, 0, 1)), stride=2, padding=1).numpy()
-    assert np.abs(y_sym.transpose(0, 2, 3, 1) - y_tf).max() > 0.1  # symmetric padding is the classic bug
+    from converters.torch_hooks import run_with_hooks
+
+    spec = zoo.get("cnn")
+    assert spec.config.image % 2 == 0, "the asymmetric (0, 1) case needs an even input"
+    tm, km = spec.build_torch(0), spec.build_keras(0)
+    x = spec.example_inputs(2, seed=0)["x"]  # torch layout (N, C, H, W)
+    seen: dict[str, np.ndarray] = {}
+    run_with_hooks(tm, [x], [("conv1", tm.conv1)],
+                   lambda name: lambda module, args, out: seen.update({name: out.numpy().transpose(0, 2, 3, 1)}))
+    kernel = tm.conv1.weight.detach().numpy().transpose(2, 3, 1, 0)  # (O, I, kh, kw) -> (kh, kw, I, O)
+    x_nhwc = spec.inputs_for("tf", {"x": x})["x"]
+    y_tf = tf.nn.conv2d(x_nhwc, kernel, strides=2, padding="SAME").numpy()
+    km.get_layer("conv1").set_weights([kernel])
+    y_keras = np.asarray(keras.Model(km.inputs, km.get_layer("conv1").output)(x_nhwc))
+    scale = float(np.abs(y_tf).max())
+    # one 27-term dot product per element: float32 rounding only (~1e-7 of the output scale)
+    np.testing.assert_allclose(seen["conv1"], y_tf, atol=1e-5 * scale, rtol=1e-5)
+    np.testing.assert_allclose(y_keras, y_tf, atol=1e-5 * scale, rtol=1e-5)
+    # the check discriminates: symmetric padding (the classic bug) is far off
+    y_sym = tf.nn.conv2d(np.pad(x_nhwc, ((0, 0), (1, 1), (1, 1), (0, 0))), kernel, strides=2, padding="VALID").numpy()
+    assert np.abs(y_sym - y_tf).max() > 0.1 * scale

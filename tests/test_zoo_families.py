@@ -1,9 +1,9 @@
 """Every zoo family: the twins share layer names, forward order and parameter counts, and,
 with the torch twin's weights copied into the Keras twin, compute the same function.
 
-The weight copy below is a small test-only helper (per-layer layout transforms from
-NUMERICS.md). It proves the twins agree before any ONNX porter is involved; the porter's
-own tests go through ONNX.
+The weight copy below is a small test-only helper (the per-layer layout transforms of
+docs/numerics.md, "Parameter layouts"). It proves the twins agree before any ONNX porter
+is involved; the porter's own tests go through ONNX.
 """
 
 from __future__ import annotations

@@ -1,5 +1,8 @@
 """Keras building blocks the families share. Imported only inside ``build_keras``.
 
+:func:`self_attention` is the twin of ``zoo._torch_layers.SelfAttention``: Dense layers
+named ``<prefix>.query``/``.key``/``.value`` (and ``.out_proj``) around :func:`attention`.
+
 The raw-weight layers mirror zoo._torch_layers: the same class names, the same
 weight names (``token``, ``embedding``) and shapes, so the weights copy one to one.
 """
@@ -59,3 +62,15 @@ def attention(q: Any, k: Any, v: Any, heads: int, additive_mask: Any = None) -> 
     probs = ops.softmax(scores, axis=-1)
     ctx = ops.matmul(probs, vh)
     return ops.reshape(ops.transpose(ctx, (0, 2, 1, 3)), (-1, length, embed))
+
+
+def self_attention(x: Any, hidden: int, heads: int, prefix: str, additive_mask: Any = None,
+                   out_proj: bool = False) -> Any:
+    """Self-attention over ``x`` (B, L, hidden) with Dense layers ``{prefix}.query``, ``.key``,
+    ``.value`` and, with ``out_proj``, ``{prefix}.out_proj`` (created in that order, as the
+    torch twin creates its Linear layers)."""
+    q = keras.layers.Dense(hidden, name=f"{prefix}.query")(x)
+    k = keras.layers.Dense(hidden, name=f"{prefix}.key")(x)
+    v = keras.layers.Dense(hidden, name=f"{prefix}.value")(x)
+    ctx = attention(q, k, v, heads, additive_mask)
+    return keras.layers.Dense(hidden, name=f"{prefix}.out_proj")(ctx) if out_proj else ctx

@@ -6,6 +6,8 @@
 - :class:`ClassToken` and :class:`PositionEmbedding`: raw weights (no matmul) held by a
   module of their own, so that each has a module name its Keras twin layer shares.
 - :func:`attention`: scaled dot-product attention over explicit q/k/v projections.
+- :class:`SelfAttention`: the ``query``/``key``/``value`` (and optional ``out_proj``)
+  Linear layers around :func:`attention`, shared by the BERT and ViT twins.
 """
 
 from __future__ import annotations
@@ -78,3 +80,23 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
     probs = torch.softmax(scores, dim=-1)
     ctx = torch.matmul(probs, vh)  # (B, h, L, d)
     return ctx.permute(0, 2, 1, 3).reshape(batch, -1, embed)
+
+
+class SelfAttention(nn.Module):
+    """Self-attention with explicit ``query``, ``key``, ``value`` Linear projections (created in
+    that order) and, with ``out_proj``, an ``out_proj`` Linear after :func:`attention`.
+
+    The Keras twin is ``zoo._keras_layers.self_attention``, with the same layer names.
+    """
+
+    def __init__(self, hidden: int, heads: int, out_proj: bool = False) -> None:
+        super().__init__()
+        self.heads = heads
+        self.query = nn.Linear(hidden, hidden)
+        self.key = nn.Linear(hidden, hidden)
+        self.value = nn.Linear(hidden, hidden)
+        self.out_proj = nn.Linear(hidden, hidden) if out_proj else None
+
+    def forward(self, x: torch.Tensor, additive_mask: torch.Tensor | None = None) -> torch.Tensor:
+        ctx = attention(self.query(x), self.key(x), self.value(x), self.heads, additive_mask)
+        return self.out_proj(ctx) if self.out_proj is not None else ctx

@@ -21,8 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from zoo import register
 from zoo._config import resolve
+from zoo.registry import register
 from zoo.spec import ModelSpec, TensorSpec, Tolerance
 
 

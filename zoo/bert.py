@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from zoo import register
 from zoo._config import resolve
 from zoo._sequences import token_batch
+from zoo.registry import register
 from zoo.spec import ModelSpec, TensorSpec, Tolerance
 
 FLOAT32_MIN = float(np.finfo(np.float32).min)
@@ -87,7 +87,7 @@ def build_torch(cfg: BertConfig) -> Any:
     import torch
     from torch import nn
 
-    from zoo._torch_layers import attention
+    from zoo._torch_layers import SelfAttention
 
     _check(cfg)
     eps = cfg.layer_norm_eps
@@ -106,16 +106,6 @@ def build_torch(cfg: BertConfig) -> Any:
             x = x + self.token_type_embeddings(token_type_ids)
             return self.LayerNorm(x)
 
-    class SelfAttention(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.query = nn.Linear(cfg.hidden, cfg.hidden)
-            self.key = nn.Linear(cfg.hidden, cfg.hidden)
-            self.value = nn.Linear(cfg.hidden, cfg.hidden)
-
-        def forward(self, h: torch.Tensor, additive_mask: torch.Tensor) -> torch.Tensor:
-            return attention(self.query(h), self.key(h), self.value(h), cfg.heads, additive_mask)
-
     class DenseNorm(nn.Module):  # HF's BertSelfOutput / BertOutput: dense, residual, LayerNorm
         def __init__(self, inp: int) -> None:
             super().__init__()
@@ -128,7 +118,7 @@ def build_torch(cfg: BertConfig) -> Any:
     class Attention(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.self = SelfAttention()
+            self.self = SelfAttention(cfg.hidden, cfg.heads)
             self.output = DenseNorm(cfg.hidden)
 
         def forward(self, h: torch.Tensor, additive_mask: torch.Tensor) -> torch.Tensor:
@@ -192,7 +182,7 @@ def build_keras(cfg: BertConfig) -> Any:
     import keras
     from keras import layers, ops
 
-    from zoo._keras_layers import attention
+    from zoo._keras_layers import self_attention
 
     _check(cfg)
     eps = cfg.layer_norm_eps
@@ -214,10 +204,7 @@ def build_keras(cfg: BertConfig) -> Any:
     h = layer_norm("embeddings.LayerNorm")(x)
     for i in range(cfg.layers):
         p = f"encoder.layer.{i}"
-        q = layers.Dense(cfg.hidden, name=f"{p}.attention.self.query")(h)
-        k = layers.Dense(cfg.hidden, name=f"{p}.attention.self.key")(h)
-        v = layers.Dense(cfg.hidden, name=f"{p}.attention.self.value")(h)
-        ctx = attention(q, k, v, cfg.heads, additive)
+        ctx = self_attention(h, cfg.hidden, cfg.heads, f"{p}.attention.self", additive)
         a = layer_norm(f"{p}.attention.output.LayerNorm")(
             layers.Dense(cfg.hidden, name=f"{p}.attention.output.dense")(ctx) + h)
         f = layers.Dense(cfg.intermediate, name=f"{p}.intermediate.dense")(a)

@@ -38,9 +38,9 @@ from typing import Any
 
 import numpy as np
 
-from zoo import register
 from zoo._config import resolve
 from zoo._sequences import token_batch
+from zoo.registry import register
 from zoo.spec import ModelSpec, TensorSpec, Tolerance
 
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from zoo import register
 from zoo._config import resolve
+from zoo.registry import register
 from zoo.spec import ModelSpec, TensorSpec, Tolerance
 
 BN_EPS = 1e-5  # torch's default, set explicitly on the Keras side (its default is 1e-3)

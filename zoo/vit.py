@@ -24,8 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from zoo import register
 from zoo._config import resolve
+from zoo.registry import register
 from zoo.spec import ModelSpec, TensorSpec, Tolerance
 
 
@@ -76,27 +76,16 @@ def build_torch(cfg: ViTConfig) -> Any:
     import torch
     from torch import nn
 
-    from zoo._torch_layers import ClassToken, PositionEmbedding, attention
+    from zoo._torch_layers import ClassToken, PositionEmbedding, SelfAttention
 
     _check(cfg)
     eps = cfg.layer_norm_eps
-
-    class SelfAttention(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.query = nn.Linear(cfg.hidden, cfg.hidden)
-            self.key = nn.Linear(cfg.hidden, cfg.hidden)
-            self.value = nn.Linear(cfg.hidden, cfg.hidden)
-            self.out_proj = nn.Linear(cfg.hidden, cfg.hidden)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.out_proj(attention(self.query(x), self.key(x), self.value(x), cfg.heads))
 
     class EncoderBlock(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.ln_1 = nn.LayerNorm(cfg.hidden, eps=eps)
-            self.self_attention = SelfAttention()
+            self.self_attention = SelfAttention(cfg.hidden, cfg.heads, out_proj=True)
             self.ln_2 = nn.LayerNorm(cfg.hidden, eps=eps)
             self.mlp = nn.Sequential(nn.Linear(cfg.hidden, cfg.mlp), nn.GELU(), nn.Dropout(0.0),
                                      nn.Linear(cfg.mlp, cfg.hidden), nn.Dropout(0.0))
@@ -138,7 +127,7 @@ def build_keras(cfg: ViTConfig) -> Any:
     import keras
     from keras import layers
 
-    from zoo._keras_layers import ClassToken, PositionEmbedding, attention
+    from zoo._keras_layers import ClassToken, PositionEmbedding, self_attention
 
     _check(cfg)
     eps = cfg.layer_norm_eps
@@ -151,10 +140,7 @@ def build_keras(cfg: ViTConfig) -> Any:
     for i in range(cfg.layers):
         p = f"encoder.layers.encoder_layer_{i}"
         h = layers.LayerNormalization(epsilon=eps, name=f"{p}.ln_1")(x)
-        q = layers.Dense(cfg.hidden, name=f"{p}.self_attention.query")(h)
-        k = layers.Dense(cfg.hidden, name=f"{p}.self_attention.key")(h)
-        v = layers.Dense(cfg.hidden, name=f"{p}.self_attention.value")(h)
-        x = x + layers.Dense(cfg.hidden, name=f"{p}.self_attention.out_proj")(attention(q, k, v, cfg.heads))
+        x = x + self_attention(h, cfg.hidden, cfg.heads, f"{p}.self_attention", out_proj=True)
         h = layers.LayerNormalization(epsilon=eps, name=f"{p}.ln_2")(x)
         h = keras.activations.gelu(layers.Dense(cfg.mlp, name=f"{p}.mlp.0")(h), approximate=False)
         x = x + layers.Dense(cfg.hidden, name=f"{p}.mlp.3")(h)

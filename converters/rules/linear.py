@@ -8,7 +8,7 @@ import numpy as np
 
 from converters.errors import UnsupportedLayerError
 from converters.graph import Graph
-from converters.params import (
+from converters.rules.base import (
     ParamGroup,
     attrs_of,
     extractor,

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from converters.graph import Graph
-from converters.params import (
+from converters.rules.base import (
     ParamGroup,
     attrs_of,
     extractor,

@@ -1,42 +1,47 @@
-"""Target models: enumerate parametric layers in forward order and write canonical tensors.
+"""Target models: enumerate parametric layers in forward order, write canonical tensors, read them back.
 
-One module per framework. Each layer exposes its tensors' shapes in the canonical
-(ONNX) layout so the matcher compares like with like, and a ``write`` that applies
-the framework's layout transform (see converters.layouts).
+The table lives in ``converters.targets.base``: one describer per layer class and
+framework, registered by ``torch_target`` and ``keras_target`` (imported here only
+when a model of that framework is described, so ``import converters`` loads neither
+framework). Each layer exposes its tensors' shapes in the canonical (ONNX) layout so the
+matcher compares like with like, a ``write`` that applies the framework's layout
+transform (see converters.layouts) and a ``read`` that undoes it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from converters.targets.base import (
+    REGISTRIES,
+    Fetch,
+    Registry,
+    TargetLayer,
+    fetch_from,
+    framework_of,
+    value_of,
+)
 
-@dataclass
-class TargetLayer:
-    name: str
-    kind: str  # "dense" | "conv" | "batchnorm"
-    framework: str
-    obj: Any = field(repr=False)
-    shapes: dict[str, tuple[int, ...] | None]  # canonical layout; None: the layer has no such tensor
-    hyper: dict[str, Any] = field(default_factory=dict)
-    write: Callable[[dict[str, np.ndarray | None], dict[str, Any]], str] = field(repr=False, default=None)  # type: ignore[assignment]
+__all__ = ["REGISTRIES", "Fetch", "Registry", "TargetLayer", "fetch_from", "framework_of", "registry",
+           "target_layers", "value_of"]
 
 
-def framework_of(model: Any) -> str:
-    """'torch' or 'tf' for a model object, without importing a framework that is not loaded."""
-    for cls in type(model).__mro__:
-        mod = cls.__module__ or ""
-        if mod.startswith("torch."):
-            return "torch"
-        if mod.startswith(("keras", "tensorflow", "tf_keras")):
-            return "tf"
-    raise TypeError(f"expected a torch.nn.Module or a keras.Model, got {type(model).__name__}")
+def registry(framework: str) -> Registry:
+    """The filled table of ``framework`` ('torch' or 'tf'); imports that framework."""
+    if framework == "torch":
+        import converters.targets.torch_target  # noqa: F401  (registers the torch describers)
+    elif framework == "tf":
+        import converters.targets.keras_target  # noqa: F401  (registers the Keras describers)
+    else:
+        raise ValueError(f"unknown framework {framework!r}; expected 'torch' or 'tf'")
+    return REGISTRIES[framework]
 
 
 def target_layers(model: Any, inputs: Sequence[np.ndarray] | None = None) -> list[TargetLayer]:
+    """The parametric layers of a torch or Keras model, in forward order (torch: traced with ``inputs``)."""
     if framework_of(model) == "torch":
         from converters.targets.torch_target import torch_layers
 

@@ -252,14 +252,14 @@ def matmul_peak(device: str = "cpu", precision: str = "fp32", n: int | None = No
     """Measure an n x n x n matmul with torch (threads and TF32 as already set) and return GFLOP/s."""
     import torch
 
-    from parity.bench.engine import measure
+    from parity.bench.timing import measure, noop
 
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
     n = n or (8192 if device == "cuda" else 1024)
     gen = torch.Generator().manual_seed(0)
     a = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
     b = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
-    sync = torch.cuda.synchronize if device == "cuda" else _noop
+    sync = torch.cuda.synchronize if device == "cuda" else noop
     with torch.inference_mode():
         m = measure(lambda: torch.mm(a, b), sync, budget_s=budget_s, min_runs=min_runs, warmup=2)
     return PeakProbe(gflops=achieved_gflops(2 * n**3, m.stats.min_s),
@@ -284,10 +284,6 @@ def format_flops(flops: float) -> str:
         if abs(flops) >= scale:
             return f"{flops / scale:.4g} {unit}"
     return f"{flops:.0f} FLOP"
-
-
-def _noop() -> None:
-    return None
 
 
 __all__: Sequence[str] = ["COUNTED_OPS", "FlopCount", "PeakProbe", "achieved_gflops", "count_flops",

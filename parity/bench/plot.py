@@ -77,10 +77,12 @@ def _draw_throughput(ax: Any, series: Mapping[str, list[tuple[int, float, float]
 
 
 def _title(result: Mapping[str, Any]) -> str:
+    from parity.env import device_name
+
     config = result.get("config", {})
-    env = result.get("environment", {})
+    device = device_name(result.get("environment", {}), str(config.get("device_resolved", "?")))
     return (f"{result.get('model', '?')} ({result.get('preset', '?')}) {result.get('task', '')} on "
-            f"{env.get('device_name') or config.get('device_resolved', '?')}, {config.get('precision', '?')}, "
+            f"{device}, {config.get('precision', '?')}, "
             f"{config.get('threads', '?')} threads")
 
 

@@ -64,7 +64,7 @@ def measure(fn: Callable[[], Any], sync: Callable[[], Any] | None = None, *, bud
     injectable so tests can run on known durations.
     """
     _check_measure_args(budget_s, min_runs, warmup, warmup_s, max_runs)
-    sync = sync or _noop
+    sync = sync or noop
     t0 = clock()
     fn()
     sync()
@@ -101,5 +101,6 @@ def _warm_up(fn: Callable[[], Any], sync: Callable[[], Any], runs: int, seconds:
     return done
 
 
-def _noop() -> None:
+def noop() -> None:
+    """Nothing to wait for: the ``sync`` of work that is done when the call returns (CPU)."""
     return None

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from converters.files import write_json_atomic
-from parity.bench.engine import INFERENCE_RUNTIMES as RUNTIME_CHOICES  # numpy only: no framework import
+from parity.bench.results import INFERENCE_RUNTIMES as RUNTIME_CHOICES  # numpy only: no framework import
 from parity.errors import UsageError
 
 
@@ -109,7 +109,7 @@ def _check_writable(path: Path | None, option: str) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
-    from parity.bench.engine import BenchConfig
+    from parity.bench.results import BenchConfig
 
     if args.budget < 0:
         raise UsageError(f"--budget must be >= 0 seconds, got {args.budget}")
@@ -245,6 +245,7 @@ def _row(cell: Mapping[str, Any], fastest: str | None) -> list[str]:
 
 def _header(result: Mapping[str, Any]) -> str:
     from parity.bench.flops import format_flops
+    from parity.env import device_name
 
     config, env = result.get("config", {}), result.get("environment", {})
     flops = ", ".join(f"b={b}: {format_flops(f) if f else 'n/a'}" for b, f in result.get("flops", {}).items())
@@ -253,18 +254,19 @@ def _header(result: Mapping[str, Any]) -> str:
                  if peak else "not measured")
     return "\n".join([
         f"{result.get('model')} ({result.get('preset')}) {result.get('task')} | device {config.get('device_resolved')}"
-        f" ({env.get('device_name', '?')}) | precision {config.get('precision')} | threads {config.get('threads')}"
+        f" ({device_name(env, str(config.get('device_resolved')))}) | precision {config.get('precision')} | threads {config.get('threads')}"
         f" | budget {config.get('budget_s')} s, min {config.get('min_runs')} runs"
         f" | copies {'timed' if config.get('include_copies') else 'not timed'}",
         f"forward FLOPs: {flops or 'n/a'} | machine peak: {peak_text}",
-        *_load_warning(env, config),
+        *_load_warning(result),
     ])
 
 
-def _load_warning(env: Mapping[str, Any], config: Mapping[str, Any]) -> list[str]:
+def _load_warning(result: Mapping[str, Any]) -> list[str]:
     """A line when other processes kept the cores busy: CPU timings are then not trustworthy."""
-    load = env.get("load_average_1min") or {}
-    cores = env.get("usable_cores") or 0
+    config = result.get("config", {})
+    load = result.get("load_average_1min") or {}
+    cores = (result.get("environment", {}).get("cpu") or {}).get("usable_cores") or 0
     busiest = max((v for v in (load.get("start"), load.get("end")) if v is not None), default=None)
     if busiest is None or config.get("device_resolved") != "cpu" or not cores:
         return []

@@ -95,7 +95,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             )
             result = run_check(options)
             print(format_table(result))
-            if result.layers or result.gradients or result.training:
+            if any(part is not None for part in (result.layers, result.gradients, result.training)):
                 from parity.diagnostics import format_diagnostics
 
                 print(format_diagnostics(result))

@@ -28,7 +28,16 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         return EXIT_OK
     v = env["versions"]
     print("versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val))
-    print(f"platform: {env['platform']} ({env['cpu_count']} CPUs)")
+    cpu = env["cpu"]
+    print(f"platform: {env['platform']} ({cpu['logical_cores']} CPUs, {cpu['usable_cores']} usable: {cpu['model']}; "
+          f"load average {env['load_average_1min']})")
+    gpu = env["gpu"]
+    if gpu:
+        smi = gpu.get("nvidia_smi") or {}
+        print(f"gpu: {gpu.get('name')}" + (f" x{gpu['count']}" if gpu.get("count") else "")
+              + (f", driver {smi['driver_version']}" if smi.get("driver_version") else ""))
+    else:
+        print("gpu: none visible")
     t, tf, ort = env["torch"], env["tensorflow"], env["onnxruntime"]
     if t["available"]:
         print(f"torch: devices {t['devices']}, threads intra {t['intra_op_threads']} / inter {t['inter_op_threads']}, "

@@ -79,20 +79,16 @@ def run_port(args: argparse.Namespace) -> int:
 
     import torch  # noqa: F401  (torch before TensorFlow)
 
-    from converters.export import export_model
-    from converters.lint import enforce, lint_models
-    from converters.port import port_onnx
+    from converters.port import port_model
     from zoo.weights import randomize
 
     inputs = spec.example_inputs(2, args.seed)
     target = spec.build(target_fw, args.seed + 1)
     target_inputs = list(spec.inputs_for(target_fw, inputs).values())
-    findings = []
     with tempfile.TemporaryDirectory(dir=out, prefix=".port-") as tmp:
         onnx_tmp = Path(tmp) / "source.onnx"
         if args.onnx is not None:
-            report = port_onnx(args.onnx, target, target_inputs)  # checks the user's file where it lies
-            shutil.copyfile(args.onnx, onnx_tmp)
+            source, source_inputs = args.onnx, []  # ported where it lies, then copied
         else:
             source = spec.build(args.source, args.seed)
             if args.weights:
@@ -100,22 +96,20 @@ def run_port(args: argparse.Namespace) -> int:
             else:
                 randomize(source, args.source, args.seed)
             source_inputs = list(spec.inputs_for(args.source, inputs).values())
-            findings = lint_models(source, target, source_inputs, target_inputs)
-            enforce(findings, args.strict)
-            export_model(source, args.source, source_inputs, onnx_tmp, input_names=spec.input_names,
-                         output_names=spec.output_names, exporter=args.exporter or spec.torch_exporter,
-                         lossless=args.lossless)
-            report = port_onnx(onnx_tmp, target, target_inputs)
-        report.lint = [f.to_dict() for f in findings]
+        report = port_model(source, target, source_inputs, target_inputs, onnx_path=onnx_tmp,
+                            exporter=args.exporter or spec.torch_exporter, lossless=args.lossless, strict=args.strict,
+                            input_names=spec.input_names, output_names=spec.output_names)
+        if args.onnx is not None:
+            shutil.copyfile(args.onnx, onnx_tmp)
         weights = save_weights_atomic(target, target_fw, out)
         os.replace(onnx_tmp, out / "source.onnx")
     write_json_atomic(out / "port_report.json", report.to_dict())
-    exact = sum(1 for x in report.layers if x.status == "exact")
+    exact = sum(1 for x in report.layers if x.exact)
     print(f"ported {len(report.layers)} layers into the {target_fw} twin of {spec.name} "
           f"({exact} exact, {len(report.layers) - exact} inference-only)")
     for w in report.warnings:
         print(f"  warning: {w}")
-    for f in findings:
+    for f in report.lint:
         print(f"  semantic mismatch: {f.message}")
     print(f"wrote {weights}, {out / 'source.onnx'}, {out / 'port_report.json'}")
     return 0

@@ -1,23 +1,49 @@
 """What `parity check` runs after the output comparisons: --layers, --grads, --train-steps, --plot.
 
 Layer-by-layer localisation also runs, unasked, whenever an output comparison fails.
-Results land on the CheckResult as plain dicts (JSON keys ``layers``, ``gradients``,
-``training``); a requested diagnostic that fails makes the check fail.
+Results land on the CheckResult as typed reports (LayerReport, GradReport,
+TrainingReport, or NotCompared when the port makes a comparison meaningless); they
+become JSON (keys ``layers``, ``gradients``, ``training``) only in ``CheckResult.to_dict``.
+A requested diagnostic that fails makes the check fail.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from converters.report import LSTM_SINGLE_BIAS, PortReport
 from parity.errors import UsageError
+
+if TYPE_CHECKING:
+    from parity.diagnostics.localize import LayerReport
+
+
+@dataclass(frozen=True)
+class NotCompared:
+    """A requested diagnostic that was not run, and why; it fails the check."""
+
+    what: str  # "gradients" | "training"
+    reason: str
+
+    @property
+    def passed(self) -> bool:
+        return False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"passed": False, "skipped": self.reason}
+
+    def format(self) -> str:
+        return f"{self.what}: NOT COMPARED: {self.reason}"
 
 
 def diagnose(result: Any, options: Any, *, spec: Any, models: Mapping[str, Any], files: Mapping[str, Path],
-             port: Any, inputs: Mapping[str, np.ndarray], progress: Callable[[str], None]) -> None:
+             port: PortReport, inputs: Mapping[str, np.ndarray], progress: Callable[[str], None]) -> None:
     """Run the diagnostics ``options`` ask for on a finished check and record them on ``result``."""
     src = result.source
     want_layers = bool(getattr(options, "layers", False))
@@ -36,28 +62,28 @@ def diagnose(result: Any, options: Any, *, spec: Any, models: Mapping[str, Any],
                           list(spec.inputs_for("tf", inputs).values()), tolerance=tol, reference=src, port=port,
                           onnx_files=files, mask=mask if mask is not None and mask.ndim == 2 else None,
                           threads=options.threads)
-        result.layers = report.to_dict()
+        result.layers = report
         if want_layers and not report.passed:
             result.passed = False
         if plot is not None:
-            plot_layers(result.layers, Path(plot), title=f"{result.model} ({result.preset}): {src} -> {result.target}")
+            plot_layers(report, Path(plot), title=f"{result.model} ({result.preset}): {src} -> {result.target}")
             result.files["plot"] = str(plot)
-    unfaithful = _inference_only(port) if getattr(options, "grads", False) or steps else ""
+    want_grads = bool(getattr(options, "grads", False))
+    unfaithful = inference_only(port) if want_grads or steps else ""
     if unfaithful:  # nothing to measure: the twins are different functions once they train
         progress(f"not comparing gradients or training: {unfaithful}")
-        skipped = {"passed": False, "skipped": unfaithful}
-        result.gradients = dict(skipped) if getattr(options, "grads", False) else None
-        result.training = dict(skipped) if steps else None
+        result.gradients = NotCompared("gradients", unfaithful) if want_grads else None
+        result.training = NotCompared("training", unfaithful) if steps else None
         result.notes.append(unfaithful)
         result.passed = False
         return
-    if getattr(options, "grads", False):
+    if want_grads:
         from parity.diagnostics.grads import gradient_parity
 
         progress("comparing gradients of the same loss in both twins")
         grads = gradient_parity(spec, models["torch"], models["tf"], inputs, loss=getattr(options, "loss", "mse"),
                                 seed=options.seed, strict=strict, reference=src)
-        result.gradients = grads.to_dict()
+        result.gradients = grads
         result.passed = result.passed and grads.passed
     if steps:
         from parity.diagnostics.training import train_parity
@@ -67,107 +93,52 @@ def diagnose(result: Any, options: Any, *, spec: Any, models: Mapping[str, Any],
         training = train_parity(spec, models["torch"], models["tf"], steps=steps, optimizers=names,
                                 batch=options.batch, seed=options.seed, loss=getattr(options, "loss", "mse"),
                                 strict=strict, reference=src)
-        result.training = training.to_dict()
+        result.training = training
         result.passed = result.passed and training.passed
 
 
-def _inference_only(port: Any) -> str:
+def inference_only(port: PortReport) -> str:
     """Why the port makes the twins agree in inference only (a BatchNorm folded away), or ''.
 
     An LSTM ported with one bias per gate is inference-only too, but training parity
     aligns it (parity.diagnostics.training folds torch's b_hh into b_ih), so it does not count here.
     """
-    layers = port.to_dict()["layers"] if hasattr(port, "to_dict") else (port or {}).get("layers", [])
-    bad = [x for x in layers if x["status"] == "inference-only" and x["kind"] != "lstm"]
+    bad = [x for x in port.inference_only if x.reason != LSTM_SINGLE_BIAS]
     if not bad:
         return ""
-    names = ", ".join(x["target"] for x in bad[:6]) + (f" and {len(bad) - 6} more" if len(bad) > 6 else "")
-    return (f"the port is inference-only at {names} ({bad[0]['note'] or bad[0]['transform']}): the twins compute "
+    names = ", ".join(x.target for x in bad[:6]) + (f" and {len(bad) - 6} more" if len(bad) > 6 else "")
+    return (f"the port is inference-only at {names} ({bad[0].note or bad[0].transform}): the twins compute "
             "the same outputs but not the same gradients or training steps; port from a lossless export (from "
             "torch; tf2onnx always folds BatchNorm) to compare them")
 
 
 def format_diagnostics(result: Any) -> str:
-    """The text the CLI prints after the comparison table."""
+    """The text the CLI prints after the comparison table, from the typed reports' ``format()``."""
     lines: list[str] = []
-    layers = getattr(result, "layers", None)
-    if layers:
-        lines.append(_format_layers(layers))
-    for key in ("gradients", "training"):
-        skipped = (getattr(result, key, None) or {}).get("skipped")
-        if skipped:
-            lines.append(f"{key}: NOT COMPARED: {skipped}")
-    grads = getattr(result, "gradients", None)
-    if grads and not grads.get("skipped"):
-        loss = grads["loss"]
-        first = grads["first_divergence"]
-        worst = max(grads["parameters"], key=lambda r: r["relative_error"] or 0.0, default=None)
-        lines.append(f"gradients: {len(grads['parameters'])} parameters, loss torch {loss['torch']:.6g} vs tf "
-                     f"{loss['tf']:.6g}; worst {worst['name'] if worst else '-'} "
-                     f"({(worst or {}).get('relative_error') or 0.0:.2e} of its layer's gradient scale); "
-                     + (f"FIRST DIVERGENT PARAMETER: {first} ({grads['first_divergence_detail']['explain']})"
-                        if first else "all within tolerance"))
-        for note in grads.get("notes", []):
-            lines.append(f"  note: {note}")
-    training = getattr(result, "training", None)
-    if training and not training.get("skipped"):
-        for name, run in training["runs"].items():
-            gap = max(run["losses"], key=lambda s: s["abs_diff"])
-            head = (f"training {name} ({training['steps']} steps, batch {training['batch']['used']}): loss "
-                    f"{run['losses'][0]['torch']:.6g} -> {run['losses'][-1]['torch']:.6g}, worst loss gap "
-                    f"{gap['abs_diff']:.2e} at step {gap['step']}; ")
-            if run["passed"]:
-                lines.append(head + "parameters and running statistics within tolerance")
-            else:
-                detail = run["first_divergence_detail"]
-                lines.append(head + f"FIRST DIVERGENCE: {run['first_divergence']}"
-                             + (f" ({detail['explain']})" if detail else ""))
-        for bn in training.get("batchnorm", []):
-            if not bn["converted"]:
-                lines.append(f"  BatchNorm momentum not converted: {bn['message']}")
-        if training["dropout"]["disabled"]:
-            lines.append(f"  dropout off in both twins ({', '.join(training['dropout']['disabled'])}): "
-                         f"{training['dropout']['reason']}")
+    if result.layers is not None:
+        lines.append(result.layers.format())
+    grads = result.gradients
+    if grads is not None:
+        lines.append(grads.format())
+        if not isinstance(grads, NotCompared):
+            lines += [f"  note: {note}" for note in grads.notes]
+    training = result.training
+    if training is not None:
+        lines.append(training.format())
+        if not isinstance(training, NotCompared) and training.dropout:
+            lines.append(f"  dropout off in both twins ({', '.join(training.dropout)}): each framework draws "
+                         "its own masks")
     return "\n".join(lines)
 
 
-def _format_layers(layers: Mapping[str, Any], limit: int = 40) -> str:
-    rows = layers["rows"]
-    head = f"  {'#':>3}  {'layer':<52}{'kind':<18}{'max_abs':>10}{'rel_err':>10}{'atol':>10}  verdict"
-    out = [f"layer-by-layer (reference {layers['reference']}; {len(rows)} layers)", head]
-    first = layers.get("first_divergence")
-    shown = [r for i, r in enumerate(rows) if i < limit or r["layer"] == first]
-    for r in shown:
-        verdict = "skip" if not r["depth"] else ("ok" if r["passed"] else "FAIL")
-        out.append(f"  {r['index']:>3}  {r['layer'][:51]:<52}{r['kind'][:17]:<18}{(r['max_abs'] or 0.0):>10.2e}"
-                   f"{(r['relative_error'] or 0.0):>10.2e}{r['atol']:>10.2e}  {verdict}")
-    if len(rows) > len(shown):
-        out.append(f"  ... {len(rows) - len(shown)} more rows in the JSON")
-    if first:
-        detail = layers["first_divergence_detail"]
-        worst = max(detail["comparisons"], key=lambda c: c["max_abs"] or 0.0)
-        out.append(f"FIRST LAYER OVER TOLERANCE: {first} ({worst['a']} vs {worst['b']}: max |a-b| "
-                   f"{worst['max_abs']:.3g}, {detail['relative_error']:.3g} of the activation scale, atol "
-                   f"{detail['atol']:.3g})")
-        if layers.get("suspects"):
-            out.append(f"  ran just before it without a twin to compare: {', '.join(layers['suspects'])}")
-    else:
-        out.append("every layer within tolerance")
-    for label, info in layers.get("ort", {}).items():
-        same = "identical" if info["outputs_identical"] else f"DIFFERENT (max {info['max_output_difference']:.3g})"
-        out.append(f"  {label}: {info['observed']} intermediate tensors; final outputs with the extra outputs "
-                   f"{same} to the plain session")
-    return "\n".join(out)
-
-
-def plot_layers(layers: Mapping[str, Any], path: Path, title: str = "") -> Path:
+def plot_layers(layers: LayerReport, path: Path, title: str = "") -> Path:
     """Relative error against depth (log scale), one line per runtime pair, with the tolerance."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in layers["rows"] if r["depth"]]
+    rows = [r for r in layers.rows if r.depth]
     if not rows:
         raise UsageError(f"--plot {path}: no layer could be compared, so there is nothing to plot")
     if path.parent and not path.parent.is_dir():
@@ -176,17 +147,18 @@ def plot_layers(layers: Mapping[str, Any], path: Path, title: str = "") -> Path:
     floor = 1e-12
     series: dict[str, list[tuple[int, float]]] = {}
     for r in rows:
-        scale = r["scale"] or 1.0
-        for c in r["comparisons"]:
-            series.setdefault(f"{c['a']} vs {c['b']}", []).append((r["depth"], max((c["max_abs"] or 0.0) / scale, floor)))
+        scale = r.scale or 1.0
+        for c in r.comparisons:  # a non-finite difference is left out of its line (a gap)
+            error = max(c.max_abs / scale, floor) if math.isfinite(c.max_abs) else math.nan
+            series.setdefault(f"{c.a} vs {c.b}", []).append((r.depth, error))
     for label, pts in series.items():
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=label)
-    ax.plot([r["depth"] for r in rows], [max(r["atol"] / (r["scale"] or 1.0), floor) for r in rows], "k--",
+    ax.plot([r.depth for r in rows], [max(r.atol / (r.scale or 1.0), floor) for r in rows], "k--",
             lw=1, label="tolerance")
-    first = next((r for r in rows if not r["passed"]), None)
+    first = next((r for r in rows if not r.passed), None)
     if first is not None:
-        ax.axvline(first["depth"], color="red", lw=1)
-        ax.annotate(f"first over tolerance:\n{first['layer']}", (first["depth"], ax.get_ylim()[1]),
+        ax.axvline(first.depth, color="red", lw=1)
+        ax.annotate(f"first over tolerance:\n{first.layer}", (first.depth, ax.get_ylim()[1]),
                     fontsize=7, color="red", va="top")
     ax.set_yscale("log")
     ax.set_xlabel("depth (compared layers in forward order)")

@@ -87,8 +87,8 @@ from parity.diagnostics.alignment import (
 )
 from parity.diagnostics.batch import MIN_VALUES_PER_CHANNEL, BatchChoice, choose_batch
 from parity.diagnostics.optimizers import (
-    GAP_OVER_ROUNDING,
     DEFAULT_EPSILON,
+    GAP_OVER_ROUNDING,
     OPTIMIZERS,
     AdamAllowance,
     OptimizerConfig,

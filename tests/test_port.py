@@ -240,3 +240,50 @@ def test_a_bug_in_our_tf2onnx_op_handler_stays_a_traceback(monkeypatch: pytest.M
     x = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)
     with pytest.raises(ZeroDivisionError, match="Erfc handler"):
         export_model(model, "tf", [x], tmp_path / "k.onnx", input_names=["x"], output_names=["y"])
+
+
+def _onnx_with_an_unfoldable_constant(path: Path) -> Path:
+    """y = x @ transpose(w_t)^T + b, plus a constant Reshape to an impossible shape (so it cannot fold)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    const = {"c": np.arange(6, dtype=np.int64), "bad_shape": np.array([4, 2], np.int64)}
+    nodes = [*(helper.make_node("Constant", [], [k], name=f"const_{k}", value=numpy_helper.from_array(v))
+               for k, v in const.items()),
+             helper.make_node("Transpose", ["w_t"], ["w"], name="transpose_w"),  # foldable: constant in, out
+             helper.make_node("Gemm", ["x", "w", "b"], ["y"], name="fc", transB=1),
+             helper.make_node("Reshape", ["c", "bad_shape"], ["r"], name="reshape_c"),
+             helper.make_node("ReduceSum", ["r"], ["s"], name="sum_r", keepdims=0),
+             helper.make_node("Cast", ["s"], ["sf"], name="cast_s", to=TensorProto.FLOAT),
+             helper.make_node("Add", ["y", "sf"], ["out"], name="add")]
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), "w_t"),
+             numpy_helper.from_array(rng.standard_normal(3).astype(np.float32), "b")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [None, 3])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
+    return path
+
+
+def test_a_constant_the_reference_evaluator_cannot_fold_is_reported(tmp_path: Path) -> None:
+    import keras
+
+    path = _onnx_with_an_unfoldable_constant(tmp_path / "g.onnx")
+    target = keras.Sequential([keras.Input((4,)),
+                               keras.layers.Dense(3, name="fc", kernel_initializer=keras.initializers.Zeros())])
+    report = port_onnx(path, target)
+    assert [(x.target, x.status) for x in report.layers] == [("fc", "exact")]  # the folded Transpose was followed
+    assert list(report.unfolded) == ["reshape_c"]
+    assert "cannot reshape" in report.to_dict()["unfolded_constants"]["reshape_c"]
+
+
+def test_a_bug_of_ours_in_constant_folding_propagates(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from converters import graph
+
+    def broken(*args: object) -> None:
+        raise KeyError("a bug of ours while building the one-node model")
+
+    path = _onnx_with_an_unfoldable_constant(tmp_path / "g.onnx")
+    monkeypatch.setattr(graph, "_single_node_model", broken)
+    with pytest.raises(KeyError, match="a bug of ours"):
+        graph.fold(graph.load_onnx(path))

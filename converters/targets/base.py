@@ -100,7 +100,7 @@ class Registry:
                 if cls in self._by_class:
                     raise ValueError(f"{self.framework} layer class {cls.__qualname__} is registered twice "
                                      f"({self._by_class[cls].__name__} and {fn.__name__})")
-                self._by_class[cls] = fn
+            self._by_class.update(dict.fromkeys(classes, fn))
             return fn
         return decorate
 

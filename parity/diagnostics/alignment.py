@@ -2,7 +2,9 @@
 
 See parity.diagnostics.training for why each is needed: BatchNorm momenta, torch's two
 LSTM biases, the unbiased running variance, embedding gradients as IndexedSlices, and
-parameters whose gradient is rounding noise.
+parameters whose gradient is rounding noise; and what the first step measures before
+either twin moves (``first_step``: those parameters, and the torch twin's own float32
+rounding of its gradients, which Adam's allowance is built from).
 """
 
 from __future__ import annotations

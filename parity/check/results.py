@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from parity.diagnostics import NotCompared
     from parity.diagnostics.grads import GradReport
     from parity.diagnostics.localize import LayerReport
-    from parity.diagnostics.training import TrainingReport
+    from parity.diagnostics.training_report import TrainingReport
 
 
 @dataclass(frozen=True)

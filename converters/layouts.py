@@ -58,6 +58,33 @@ def reorder_unflatten_columns(kernel: np.ndarray, bias: np.ndarray | None, order
     return np.ascontiguousarray(moved), bias
 
 
+def dense_to_native(kernel: np.ndarray, bias: np.ndarray | None, attrs: dict, native: str
+                    ) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+    """A canonical dense kernel (in, out) and bias in the target's feature order ``native``
+    ("CHW" for torch, "HWC" for Keras): rows of a flattened map (``attrs["flatten"]``) and
+    columns reshaped into one (``attrs["unflatten"]``) are permuted; also what was done."""
+    how = []
+    flat, grid = attrs.get("flatten"), attrs.get("unflatten")
+    if flat is not None and flat[0] != native:
+        kernel = reorder_flatten_rows(kernel, flat[0], flat[1], native)
+        how.append(f"rows {flat[0]}->{native}")
+    if grid is not None and grid[0] != native:
+        kernel, bias = reorder_unflatten_columns(kernel, bias, grid[0], grid[1], native)
+        how.append(f"columns {grid[0]}->{native}")
+    return kernel, bias, how
+
+
+def dense_from_native(kernel: np.ndarray, bias: np.ndarray | None, attrs: dict, native: str
+                      ) -> tuple[np.ndarray, np.ndarray | None]:
+    """The inverse of :func:`dense_to_native`: a target's (in, out) kernel and bias in canonical order."""
+    flat, grid = attrs.get("flatten"), attrs.get("unflatten")
+    if flat is not None and flat[0] != native:
+        kernel = reorder_flatten_rows(kernel, native, flatten_dims(flat[1], flat[0], native), flat[0])
+    if grid is not None and grid[0] != native:
+        kernel, bias = reorder_unflatten_columns(kernel, bias, native, flatten_dims(grid[1], grid[0], native), grid[0])
+    return kernel, bias
+
+
 def dense_to_torch(kernel: np.ndarray) -> np.ndarray:
     """(in, out) -> torch Linear weight (out, in)."""
     return np.ascontiguousarray(kernel.T)

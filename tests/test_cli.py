@@ -82,3 +82,22 @@ def test_list_json(capsys: pytest.CaptureFixture[str]) -> None:
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
     assert rows["cnn"]["family"] == "cnn" and "small" in rows["cnn"]["presets"]
     assert rows["mlp"]["parameters"]["torch"] == rows["mlp"]["parameters"]["tf"] == 32 * 64 + 64 + 64 * 64 + 64 + 64 * 10 + 10
+
+
+@pytest.mark.parametrize("command", ["check", "port", "import", "bench", "flops", "doctor", "list"])
+def test_every_command_is_registered(command: str) -> None:
+    from parity.cli import build_parser
+
+    usage = build_parser().format_help()
+    assert f"    {command} " in usage
+
+
+@pytest.mark.parametrize("module", ["parity.cli.bench", "parity.cli.port", "parity.cli.check"])
+def test_a_broken_command_module_is_an_error_not_a_missing_command(module: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug that breaks a command's import must surface, not make the command vanish from the CLI."""
+    import parity.cli
+
+    monkeypatch.delattr(parity.cli, module.rsplit(".", 1)[1], raising=False)
+    monkeypatch.setitem(sys.modules, module, None)  # importing it now raises ImportError
+    with pytest.raises(ImportError):
+        parity.cli.build_parser()

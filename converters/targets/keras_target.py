@@ -43,32 +43,16 @@ def _dense(name: str, layer: Any) -> list[TargetLayer]:
     n_in, n_out = _shape(layer.kernel)
 
     def write(t: Tensors, attrs: dict[str, Any]) -> str:
-        kernel, how = t["kernel"], "copy"
-        flat = attrs.get("flatten")
-        if flat is not None and flat[0] != "HWC":
-            kernel = layouts.reorder_flatten_rows(kernel, flat[0], flat[1], "HWC")  # type: ignore[arg-type]
-            how = f"rows {flat[0]}->HWC"
-        bias = t["bias"]
-        grid = attrs.get("unflatten")
-        if grid is not None and grid[0] != "HWC":
-            kernel, bias = layouts.reorder_unflatten_columns(kernel, bias, grid[0], grid[1], "HWC")  # type: ignore[arg-type]
-            how += f", columns {grid[0]}->HWC"
-        _set(layer.kernel, kernel)  # type: ignore[arg-type]
+        kernel, bias, how = layouts.dense_to_native(t["kernel"], t["bias"], attrs, "HWC")  # type: ignore[arg-type]
+        _set(layer.kernel, kernel)
         _set_bias(layer, bias)
-        return how
+        return ", ".join(how) or "copy"
 
     variables = {"kernel": [layer.kernel], **_bias_of(layer)}
 
     def read(fetch: Fetch, mode: str, attrs: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        kernel = fetch(layer.kernel)
-        bias = fetch(layer.bias) if "bias" in variables else None
-        flat, grid = attrs.get("flatten"), attrs.get("unflatten")
-        if flat is not None and flat[0] != "HWC":
-            kernel = layouts.reorder_flatten_rows(kernel, "HWC", layouts.flatten_dims(flat[1], flat[0], "HWC"),
-                                                  flat[0])
-        if grid is not None and grid[0] != "HWC":
-            kernel, bias = layouts.reorder_unflatten_columns(kernel, bias, "HWC",
-                                                             layouts.flatten_dims(grid[1], grid[0], "HWC"), grid[0])
+        kernel, bias = layouts.dense_from_native(fetch(layer.kernel),
+                                                 fetch(layer.bias) if "bias" in variables else None, attrs, "HWC")
         return {"kernel": kernel, **({"bias": bias} if bias is not None else {})}
 
     return [TargetLayer(name, "dense", "tf", layer, {"kernel": (n_in, n_out),

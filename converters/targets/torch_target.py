@@ -41,30 +41,14 @@ def _copy_read(variables: dict[str, list[Any]]) -> Reader:
 @TORCH.kind(nn.Linear)
 def _dense(name: str, m: nn.Linear) -> list[TargetLayer]:
     def write(t: Tensors, attrs: dict[str, Any]) -> str:
-        kernel, how = t["kernel"], "kernel.T"
-        flat = attrs.get("flatten")
-        if flat is not None and flat[0] != "CHW":
-            kernel = layouts.reorder_flatten_rows(kernel, flat[0], flat[1], "CHW")  # type: ignore[arg-type]
-            how = f"rows {flat[0]}->CHW, kernel.T"
-        bias = t["bias"]
-        grid = attrs.get("unflatten")
-        if grid is not None and grid[0] != "CHW":
-            kernel, bias = layouts.reorder_unflatten_columns(kernel, bias, grid[0], grid[1], "CHW")  # type: ignore[arg-type]
-            how += f", columns {grid[0]}->CHW"
-        _set(m.weight, layouts.dense_to_torch(kernel))  # type: ignore[arg-type]
+        kernel, bias, how = layouts.dense_to_native(t["kernel"], t["bias"], attrs, "CHW")  # type: ignore[arg-type]
+        _set(m.weight, layouts.dense_to_torch(kernel))
         _set_bias(m.bias, bias)
-        return how
+        return ", ".join([*how, "kernel.T"])
 
     def read(fetch: Fetch, mode: str, attrs: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        kernel = layouts.dense_from_torch(fetch(m.weight))
-        bias = fetch(m.bias) if m.bias is not None else None
-        flat, grid = attrs.get("flatten"), attrs.get("unflatten")
-        if flat is not None and flat[0] != "CHW":
-            kernel = layouts.reorder_flatten_rows(kernel, "CHW", layouts.flatten_dims(flat[1], flat[0], "CHW"),
-                                                  flat[0])
-        if grid is not None and grid[0] != "CHW":
-            kernel, bias = layouts.reorder_unflatten_columns(kernel, bias, "CHW",
-                                                             layouts.flatten_dims(grid[1], grid[0], "CHW"), grid[0])
+        kernel, bias = layouts.dense_from_native(layouts.dense_from_torch(fetch(m.weight)),
+                                                 fetch(m.bias) if m.bias is not None else None, attrs, "CHW")
         return {"kernel": kernel, **({"bias": bias} if bias is not None else {})}
 
     variables = {"kernel": [m.weight], **({"bias": [m.bias]} if m.bias is not None else {})}

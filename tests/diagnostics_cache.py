@@ -1,13 +1,18 @@
 """One `parity check MODEL --layers --grads --train-steps 5` per zoo model, shared by the test modules.
 
 The whole check (build, export, port, four runtimes, then the three diagnostics) runs
-once per model and test session; tests/test_localize.py and tests/test_grads_training.py
-read different parts of the same result.
+once per model and test session; tests/test_localize.py, tests/test_grads_training.py and
+tests/test_zoo_check.py read different parts of the same result. Its files (the ONNX exports,
+the ported weights, the port report) stay in a temporary folder until the session ends.
 """
 
 from __future__ import annotations
 
+import atexit
 import functools
+import shutil
+import tempfile
+from pathlib import Path
 
 from parity.check import CheckOptions, CheckResult, run_check
 
@@ -20,6 +25,8 @@ def _quiet(msg: str) -> None:
 
 @functools.cache
 def full_check(model: str, source: str = "torch") -> CheckResult:
+    out = Path(tempfile.mkdtemp(prefix=f"parity-{model}-{source}-"))
+    atexit.register(shutil.rmtree, out, ignore_errors=True)
     options = CheckOptions(model=model, source=source, batch=2, seed=0, layers=True, grads=True,
-                           train_steps=TRAIN_STEPS, optimizers=("sgd", "adam"))
+                           train_steps=TRAIN_STEPS, optimizers=("sgd", "adam"), out=out)
     return run_check(options, progress=_quiet)

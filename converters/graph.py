@@ -117,7 +117,14 @@ def fold(model: Any) -> Graph:
 
     notes: list[str] = []
     try:
-        model = shape_inference.infer_shapes(model, data_prop=True)
+        twin = _with_shape_proxies(model)
+        inferred = shape_inference.infer_shapes(twin, data_prop=True)
+        if twin is not model:  # keep the real nodes, take the shapes
+            model = _copy_model(model)
+            del model.graph.value_info[:]
+            model.graph.value_info.extend(inferred.graph.value_info)
+        else:
+            model = inferred
     except (shape_inference.InferenceError, onnx.checker.ValidationError) as exc:
         # shapes are a help for tracing, not a requirement
         notes.append(f"shape inference failed ({type(exc).__name__}: {exc}); only declared shapes are known")
@@ -219,6 +226,7 @@ def _infer_folded_shapes(model: Any, nodes: list[Any], consts: dict[str, np.ndar
 
     used = {i for n in nodes for i in n.input if i in consts}
     g = model.graph
+    nodes = [p for n in nodes for p in _shape_proxy(n)]
     graph = helper.make_graph(nodes, g.name, list(g.input), list(g.output),
                               [numpy_helper.from_array(np.asarray(consts[n]), n) for n in sorted(used)])
     folded = helper.make_model(graph, opset_imports=list(model.opset_import))
@@ -227,6 +235,53 @@ def _infer_folded_shapes(model: Any, nodes: list[Any], consts: dict[str, np.ndar
     except (shape_inference.InferenceError, checker.ValidationError) as exc:
         notes.append(f"shape inference on the folded graph failed ({type(exc).__name__}: {exc})")
         return []
+
+
+# ONNX Runtime's contrib ops (com.microsoft) that its offline optimiser writes, which ONNX's shape
+# inference does not know: a standard op with the same output shape stands in for shape inference.
+_CONV_ATTRS = ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")
+_PROXIES: dict[str, tuple[str, int, tuple[str, ...]]] = {  # op -> (standard op, inputs kept, attributes kept)
+    "FusedConv": ("Conv", 3, _CONV_ATTRS),
+    "FusedGemm": ("Gemm", 3, ("alpha", "beta", "transA", "transB")),
+    "SkipLayerNormalization": ("Add", 2, ()),
+    "BiasGelu": ("Add", 2, ()),
+    "FastGelu": ("Identity", 1, ()),
+    "Gelu": ("Identity", 1, ()),
+    "QuickGelu": ("Identity", 1, ()),
+}
+
+
+def _shape_proxy(node: Any) -> list[Any]:
+    """``node``, or for a contrib op in ``_PROXIES`` a standard node with the same first output shape."""
+    from onnx import helper
+
+    proxy = _PROXIES.get(node.op_type) if node.domain == "com.microsoft" else None
+    if node.op_type == "FusedMatMul" and node.domain == "com.microsoft" and not any(
+            a.i for a in node.attribute if a.name.startswith("trans")):
+        proxy = ("MatMul", 2, ())
+    if proxy is None:
+        return [node]
+    op, n_in, keep = proxy
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute if a.name in keep}
+    return [helper.make_node(op, list(node.input[:n_in]), [node.output[0]], name=node.name, **attrs)]
+
+
+def _with_shape_proxies(model: Any) -> Any:
+    """``model`` itself, or a copy whose contrib nodes are replaced by their shape proxies."""
+    if not any(n.domain == "com.microsoft" and (n.op_type in _PROXIES or n.op_type == "FusedMatMul")
+               for n in model.graph.node):
+        return model
+    twin = _copy_model(model)
+    nodes = [p for n in model.graph.node for p in _shape_proxy(n)]
+    del twin.graph.node[:]
+    twin.graph.node.extend(nodes)
+    return twin
+
+
+def _copy_model(model: Any) -> Any:
+    copy = type(model)()
+    copy.CopyFrom(model)
+    return copy
 
 
 def _constant_value(node: Any) -> np.ndarray | None:

@@ -29,7 +29,7 @@ from converters.rules.attention import fuse_attention
 from converters.rules.base import ParamGroup, extractor_for, f32, initializers_of, node_name, registered_ops
 from converters.rules.recurrent import is_rnn_loop, merge_bidirectional, rnn_loop_weights
 
-__all__ = ["ParamGroup", "forward_order", "is_weight", "param_groups", "supported_ops"]
+__all__ = ["ParamGroup", "forward_order", "is_weight", "param_groups", "supported_ops", "upstream_groups"]
 
 
 def supported_ops() -> list[str]:
@@ -75,7 +75,9 @@ def param_groups(graph: Graph) -> list[ParamGroup]:
     # as MatMul/Add nodes on the same constants; those belong to the loop's group.
     loop_weights = {node.input[i] for node in graph.nodes if node.op_type == "Loop" and is_rnn_loop(node, graph)
                     for i in rnn_loop_weights(graph, node)}
-    for node in forward_order(graph):
+    order = forward_order(graph)
+    position = {id(n): k for k, n in enumerate(order)}
+    for node in order:
         name = node_name(node)
         if name in claimed:
             continue
@@ -84,6 +86,9 @@ def param_groups(graph: Graph) -> list[ParamGroup]:
             continue
         fn = extractor_for(node.op_type)
         group = fn(graph, node, claimed) if fn else None
+        if isinstance(group, list):  # one node, several layers: in the order their outputs are used
+            groups.extend(sorted(group, key=lambda g: _first_use(graph, g.output, position)))
+            continue
         if group is not None:
             groups.append(group)
             continue
@@ -97,9 +102,45 @@ def param_groups(graph: Graph) -> list[ParamGroup]:
                 f"ONNX node {name!r} ({node.op_type}) takes parameters {shapes} that no rule handles; "
                 f"supported parametric ops: {', '.join(supported_ops())}"
             )
-    groups = merge_bidirectional(graph, fuse_attention(graph, groups))
-    _mark_followed_by_norm(groups)
-    return groups
+    groups = _attach_moved_biases(graph, groups)
+    return merge_bidirectional(graph, fuse_attention(graph, groups))
+
+def _attach_moved_biases(graph: Graph, groups: list[ParamGroup]) -> list[ParamGroup]:
+    """Give a bias that an optimiser moved into a later node (ONNX Runtime's SkipLayerNormalization,
+    BiasGelu) back to the dense or conv layer whose output that node reads."""
+    by_output: dict[str, ParamGroup] = {}
+    for g in groups:
+        if g.kind in ("dense", "conv"):
+            by_output[g.output] = g
+            user = graph.only_consumer(g.output)
+            if user is not None and user.op_type in ("Reshape", "Squeeze", "Unsqueeze"):
+                by_output[user.output[0]] = g  # behind one layout op
+    for g in groups:
+        moved = g.attrs.pop("moved_bias", None)
+        if moved is None:
+            continue
+        bias, sources, inputs = moved
+        owner = next((by_output[i] for i in inputs if i in by_output and by_output[i].tensors.get(
+            "weight" if by_output[i].kind == "conv" else "kernel") is not None
+            and by_output[i].tensors.get("bias") is None), None)
+        if owner is None or _out_features(owner) != bias.size:
+            raise UnsupportedLayerError(
+                f"ONNX node {g.nodes[0]!r} adds a bias of shape {bias.shape} that an optimiser moved out of a "
+                "dense or conv layer, but no such layer without a bias feeds it; export the model without "
+                "ONNX Runtime's extended optimisations (ORT_ENABLE_BASIC)")
+        owner.tensors["bias"] = bias
+        owner.sources = owner.sources | sources
+        owner.nodes.append(f"{g.nodes[0]} (bias)")
+    return [g for g in groups if g.kind != "moved_bias"]
+
+def _out_features(group: ParamGroup) -> int:
+    w = group.tensors["kernel" if group.kind == "dense" else "weight"]
+    return int(w.shape[1] if group.kind == "dense" else w.shape[0])  # type: ignore[union-attr]
+
+
+def _first_use(graph: Graph, tensor: str, position: dict[int, int]) -> int:
+    """Where the first node reading ``tensor`` stands in the forward order."""
+    return min((position.get(id(n), len(position)) for n in graph.consumers.get(tensor, [])), default=len(position))
 
 _RAW_OPS = {"Add", "Concat", "Expand", "Tile", "Sub", "Mul", "Where"}
 
@@ -115,11 +156,39 @@ def _raw_tensor(graph: Graph, node: Any, claimed: set[str]) -> ParamGroup | None
     return ParamGroup("tensor", [node_name(node)], {"value": f32(value)}, {"op": node.op_type},
                       initializers_of(graph, weights[0]), input=data, output=node.output[0])
 
-def _mark_followed_by_norm(groups: list[ParamGroup]) -> None:
-    norm_inputs = {g.input for g in groups if g.kind == "batchnorm" and g.input}
-    for g in groups:
-        if g.kind in ("conv", "dense", "convtranspose"):
-            g.attrs["norm_follows"] = g.output in norm_inputs
+def upstream_groups(graph: Graph, groups: list[ParamGroup], kinds: tuple[str, ...] = ("batchnorm",)) -> dict[int, set[int]]:
+    """For each group of ``kinds`` (by index into ``groups``): the indexes of the nearest
+    parametric groups upstream of its input.
+
+    Walks back from the tensor flowing into the group through every node that belongs to
+    no group (activations, pooling, a residual Add, layout ops) and stops at the first node
+    of each path that does. A BatchNorm after ``conv -> ReLU`` has the conv upstream; one
+    after a residual Add has both branches' last layers; one on a graph input has none.
+    """
+    owner = {name: k for k, g in enumerate(groups) for name in g.nodes}
+    by_name = {node_name(n): n for n in graph.nodes}
+    out: dict[int, set[int]] = {}
+    for k, group in enumerate(groups):
+        if group.kind not in kinds:
+            continue
+        first = by_name.get(group.nodes[0])
+        todo = [group.input] if group.input else list(first.input) if first is not None else []
+        found: set[int] = set()
+        seen: set[str] = set()
+        while todo:
+            tensor = todo.pop()
+            if not tensor or tensor in seen:
+                continue
+            seen.add(tensor)
+            node = graph.producer(tensor)
+            if node is None:
+                continue  # a graph input or a constant
+            if node_name(node) in owner:
+                found.add(owner[node_name(node)])
+            else:
+                todo.extend(i for i in node.input if i and i not in graph.consts)
+        out[k] = found
+    return out
 
 def is_weight(graph: Graph, name: str) -> bool:
     """A float constant with more than one element: a learned tensor, not a shape or scalar."""

@@ -2,7 +2,7 @@
 
 ``port_model`` is used by the API (``port_weights``), ``parity check`` and ``parity port``.
 The target's parametric layers, in forward order, are matched to the graph's
-parametric nodes by kind and shape. BatchNorm that an exporter folded into the
+parametric nodes by kind, shape and name (``converters.match``). BatchNorm that an exporter folded into the
 preceding convolution is ported inference-equivalently and marked as such, in
 structured fields of each LayerPort (``reason``, ``folded_batchnorm``, ``folded_into``).
 """
@@ -20,10 +20,12 @@ import numpy as np
 
 from converters.errors import WeightMappingError
 from converters.graph import Graph, fold, load_onnx
+from converters.match import CONV_LIKE, Matcher, mismatch, shape_text
 from converters.params import ParamGroup, param_groups
 from converters.report import (
     FOLDED_BATCHNORM,
     FOLDED_INTO,
+    FOLDED_LOOKUP,
     FOLDED_STATISTICS,
     LSTM_SINGLE_BIAS,
     LayerPort,
@@ -31,19 +33,6 @@ from converters.report import (
 )
 from converters.rules.attention import unfuse_attention
 from converters.targets import TargetLayer, framework_of, target_layers
-
-
-def _shape_text(shapes: dict[str, Any]) -> str:
-    return ", ".join(f"{k} {tuple(v) if v is not None else None}" for k, v in shapes.items())
-
-
-def _mismatch(target: TargetLayer, group: ParamGroup | None, why: str) -> WeightMappingError:
-    there = f"ONNX {group.label} [{_shape_text(group.shapes())}]" if group else "no ONNX parametric node left"
-    return WeightMappingError(
-        f"first mismatching layer: target {target.framework} layer {target.name!r} ({target.kind}: "
-        f"{_shape_text(target.shapes)}) vs {there}: {why}. Check that the two models are the same "
-        "architecture with the same sizes, in the same layer order"
-    )
 
 
 def _folded_batchnorm(target: TargetLayer, conv_bias: np.ndarray | None) -> dict[str, np.ndarray | None]:
@@ -54,50 +43,14 @@ def _folded_batchnorm(target: TargetLayer, conv_bias: np.ndarray | None) -> dict
             "mean": np.zeros(c, np.float32), "var": np.full(c, 1.0 - eps, np.float32)}
 
 
-def _adapt(target: TargetLayer, group: ParamGroup) -> tuple[dict[str, np.ndarray | None] | None, str]:
-    """The group's tensors shaped for ``target``, or None and the reason they do not fit."""
-    if group.kind != target.kind:
-        return None, f"expected a {target.kind} layer"
-    tensors = dict(group.tensors)
-    w = tensors.get("weight")
-    want_w = target.shapes.get("weight")
-    if w is not None and want_w is not None and w.ndim == len(want_w) + 1 and w.shape[2] == 1:
-        tensors["weight"] = w.squeeze(2)  # tf2onnx writes Conv1D as a 4-D Conv over (1, L)
-    for key, want in target.shapes.items():
-        have = tensors.get(key)
-        if key == "bias" and (want is None or have is None):
-            continue  # absent biases are handled by the writers (zeros, or folded into BatchNorm)
-        if key == "var" and have is None and group.attrs.get("folded_statistics"):
-            continue
-        if want is None or have is None or tuple(have.shape) != tuple(want):
-            return None, f"{key} shape {None if have is None else tuple(have.shape)} was expected to be {want}"
-    return tensors, ""
-
-
-def _take(target: TargetLayer, remaining: list[ParamGroup]) -> tuple[ParamGroup, dict[str, np.ndarray | None]]:
-    """The first remaining group (in graph order) that fits ``target``.
-
-    Graph order and the target's forward order agree for sequential models; for
-    branches (shortcuts) a later group of the right kind and shapes is taken instead.
-    """
-    for group in remaining:
-        tensors, _ = _adapt(target, group)
-        if tensors is not None:
-            remaining.remove(group)
-            return group, tensors
-    same_kind = next((g for g in remaining if g.kind == target.kind), None)
-    first = same_kind or (remaining[0] if remaining else None)
-    why = _adapt(target, first)[1] if first is not None else ""
-    raise _mismatch(target, first, why or f"expected a {target.kind} layer")
-
-
 def port_graph(graph: Graph, targets: list[TargetLayer], source: str, framework: str) -> PortReport:
     """Write the graph's parameter groups into ``targets`` (forward order) and report each layer."""
     groups = param_groups(graph)
     if not any(t.kind == "attention" for t in targets):
         groups = unfuse_attention(groups)  # the target spells attention out with dense layers
     report = PortReport(source=source, target_framework=framework, unfolded=dict(graph.unfolded))
-    remaining = list(groups)
+    match = Matcher(graph, groups, targets)
+    reserved: dict[int, ParamGroup] = {}  # target index -> the BatchNorm group found for it
     folded: dict[int, tuple[ParamGroup, np.ndarray | None]] = {}  # target index -> (conv group, bias for beta)
     for i, target in enumerate(targets):
         if i in folded:
@@ -109,18 +62,32 @@ def port_graph(graph: Graph, targets: list[TargetLayer], source: str, framework:
                 "statistics were folded into the preceding layer by the exporter; export losslessly to keep them",
                 reason=FOLDED_INTO, folded_into=targets[i - 1].name))
             continue
-        group, tensors = _take(target, remaining)
+        lookup = False
+        if i in reserved:
+            group = reserved.pop(i)
+            tensors = match.claim(group, target)
+        else:
+            group, tensors, lookup = match.take(target)
         nxt = targets[i + 1] if i + 1 < len(targets) else None
-        folded_bn = (target.kind in ("conv", "dense", "convtranspose") and nxt is not None
-                     and nxt.kind == "batchnorm" and not group.attrs.get("norm_follows", True))
+        folded_bn = False
+        if target.kind in CONV_LIKE and nxt is not None and nxt.kind == "batchnorm":
+            found = match.batchnorm_after(group, nxt, targets[i + 1:])
+            if isinstance(found, ParamGroup):
+                reserved[i + 1] = found
+            else:
+                folded_bn = found
         bias_for_bn = None
         if folded_bn and target.shapes.get("bias") is None:
             bias_for_bn, tensors["bias"] = tensors.get("bias"), None
         elif target.shapes.get("bias") is None and tensors.get("bias") is not None and np.any(tensors["bias"]):
-            raise _mismatch(target, group, "the source layer has a non-zero bias but the target layer has none")
+            raise mismatch(target, group, "the source layer has a non-zero bias but the target layer has none")
         if target.shapes.get("bias") is not None and group.tensors.get("bias") is None and not folded_bn:
             report.warnings.append(f"{target.name}: the graph has no bias for {group.label} "
                                    "(exporters drop all-zero biases); set to zero")
+        if group.attrs.get("flatten_unknown"):
+            report.warnings.append(f"{target.name}: {group.label} reads a reshaped tensor whose shape ONNX shape "
+                                   "inference could not tell; if it is a flattened feature map, its rows were "
+                                   "copied in the graph's order (CHW/HWC not checked)")
         folded_stats = bool(group.attrs.get("folded_statistics"))
         if folded_stats:  # x*scale+shift: variance 1-eps makes the target's division by sqrt(var+eps) exact
             tensors["var"] = np.full(target.shapes["var"][0], 1.0 - float(target.hyper["epsilon"]), np.float32)  # type: ignore[index]
@@ -130,6 +97,13 @@ def port_graph(graph: Graph, targets: list[TargetLayer], source: str, framework:
             layer = replace(layer, status="inference-only", reason=FOLDED_BATCHNORM, folded_batchnorm=nxt.name,
                             note=f"BatchNorm {nxt.name!r} was folded into this layer by the exporter")
             folded[i + 1] = (group, bias_for_bn)
+        elif lookup:
+            n = int(np.prod(group.tensors["value"].shape[:-1]))  # type: ignore[union-attr]
+            layer = replace(layer, status="inference-only", reason=FOLDED_LOOKUP,
+                            transform=f"rows 0..{n - 1} from the folded lookup",
+                            note=f"the exporter folded this lookup at constant positions into its first {n} rows; "
+                                 f"rows {n}.. are not in the graph and were left as they were (the graph only "
+                                 "takes sequences of its own length); export losslessly or unsimplified to keep them")
         elif folded_stats:
             layer = replace(layer, status="inference-only", reason=FOLDED_STATISTICS,
                             note="the exporter folded mean/variance into a per-channel scale and shift; "
@@ -144,13 +118,14 @@ def port_graph(graph: Graph, targets: list[TargetLayer], source: str, framework:
         report.layers.append(layer)
         for name in group.sources:
             report.consumed_initializers[name] = report.consumed_initializers.get(name, 0) + 1
-    if remaining:
-        extra = remaining[0]
+    if match.remaining:
+        extra = match.remaining[0]
         last = targets[-1].name if targets else "(none)"
         raise WeightMappingError(
-            f"first mismatching layer: ONNX {extra.label} [{_shape_text(extra.shapes())}] has no counterpart in "
+            f"first mismatching layer: ONNX {extra.label} [{shape_text(extra.shapes())}] has no counterpart in "
             f"the target (its parametric layers end at {last!r}): the source has more layers than the target"
         )
+    report.warnings.extend(match.notes)
     _account_initializers(graph, report)
     return report
 

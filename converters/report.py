@@ -10,7 +10,10 @@ FOLDED_BATCHNORM = "folded_batchnorm"  # a following BatchNorm was folded into t
 FOLDED_INTO = "folded_into"  # this BatchNorm was folded into the preceding layer (``folded_into``)
 FOLDED_STATISTICS = "folded_statistics"  # mean/variance folded into a per-channel scale and shift
 LSTM_SINGLE_BIAS = "lstm_single_bias"  # one bias per gate (Keras) carried by torch's b_ih, b_hh zero
-REASONS = (FOLDED_BATCHNORM, FOLDED_INTO, FOLDED_STATISTICS, LSTM_SINGLE_BIAS)
+# an embedding looked up at constant positions (0..L-1) that an exporter or simplifier folded into the
+# rows it used: those rows are ported (``rows``), the others are not in the file and keep the target's values
+FOLDED_LOOKUP = "folded_lookup"
+REASONS = (FOLDED_BATCHNORM, FOLDED_INTO, FOLDED_STATISTICS, LSTM_SINGLE_BIAS, FOLDED_LOOKUP)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # `make gpu-check`: on a GPU machine, in one run of under 8 minutes,
 #   1. GPU parity: strict fp32 (TF32 off) against a float64 CPU reference, then TF32 on
-#      with a widened tolerance whose size and reason are printed;
+#      with a widened tolerance whose size and reason are printed; then `parity check mlp`
+#      and `cnn` with --layers --grads --train-steps 2 after a GPU run: the diagnostics run
+#      on the runners' devices (the JSON's runners say which; torch must be on the GPU);
 #   2. GPU benchmarks (`parity bench`) for whatever is installed; a missing framework
 #      (no TensorFlow, no onnxruntime-gpu) is reported with a message, never an error.
 # Works without the .venv: `bash scripts/gpu_check.sh` uses $PYTHON, else .venv/bin/python,
@@ -154,16 +156,50 @@ for name, preset in CASES:
 sys.exit(1 if failures else 0)
 EOF
 
+# `parity check` on the GPU, then with every diagnostic (--layers --grads --train-steps 2), which run
+# where the runners ran. `--device cuda` needs all three runtimes on the GPU; where TensorFlow or
+# onnxruntime cannot use it, `--device auto` runs torch on the GPU and the others on the CPU (which
+# checks the per-framework placement of the diagnostics too), and says so.
+check_device() {
+    [ "$DEVICE" = cuda ] || { echo "$DEVICE"; return; }
+    "$PY" - <<'EOF' 2>/dev/null && echo cuda || echo auto
+import sys
+import torch  # torch before TensorFlow, always
+import onnxruntime as ort
+import tensorflow as tf
+sys.exit(0 if tf.config.list_physical_devices("GPU") and "CUDAExecutionProvider" in ort.get_available_providers() else 1)
+EOF
+}
+diag_check() {  # diag_check MODEL: the check with every diagnostic, then where its runners ran
+    local model=$1 json="$OUT_DIR/check_${1}_diagnostics.json"
+    rm -f "$json"
+    step "parity check $model --device $CHECK_DEVICE --layers --grads --train-steps 2" 120 \
+        "$PY" -m parity check "$model" --device "$CHECK_DEVICE" --layers --grads --train-steps 2 --json "$json"
+    [ -f "$json" ] || return 0
+    "$PY" - "$json" "$DEVICE" <<'EOF' || FAILED=1
+import json, sys
+result = json.load(open(sys.argv[1]))
+runners = {label: info.get("device_type") for label, info in result["runners"].items()}
+print(f"   runners ran on {runners}; diagnostics present: "
+      f"{[k for k in ('layers', 'gradients', 'training') if result.get(k)]}")
+want = "cuda" if sys.argv[2] == "cuda" else "cpu"
+if runners.get("torch") != want:
+    print(f"   FAIL: the torch runner ran on {runners.get('torch')}, expected {want}")
+    sys.exit(1)
+EOF
+}
 if ! "$PY" -c 'import importlib.util, sys; sys.exit(0 if importlib.util.find_spec("tensorflow") else 1)'; then
     echo "== parity check (torch vs Keras vs ONNX Runtime): skipped, TensorFlow is not installed here"
-elif "$PY" -m parity.cli check --help 2>/dev/null | grep -q -- "--device"; then
-    step "parity check mlp --device $DEVICE (fp32, TF32 off)" 90 "$PY" -m parity.cli check mlp --device "$DEVICE"
-    if "$PY" -m parity.cli check --help 2>/dev/null | grep -q -- "--precision"; then
-        step "parity check mlp --device $DEVICE --precision tf32" 90 \
-            "$PY" -m parity.cli check mlp --device "$DEVICE" --precision tf32
-    fi
 else
-    echo "== parity check CLI with --device is not available here: the python checks above stand in for it"
+    CHECK_DEVICE=$(check_device)
+    if [ "$CHECK_DEVICE" != "$DEVICE" ]; then
+        echo "== parity check: TensorFlow or onnxruntime cannot use the GPU here; --device auto (torch on the GPU)"
+    fi
+    step "parity check mlp --device $CHECK_DEVICE (fp32, TF32 off)" 90 "$PY" -m parity check mlp --device "$CHECK_DEVICE"
+    step "parity check mlp --device $CHECK_DEVICE --precision tf32" 90 \
+        "$PY" -m parity check mlp --device "$CHECK_DEVICE" --precision tf32
+    diag_check mlp
+    diag_check cnn
 fi
 
 # ---------------------------------------------------------------------------- 2. benchmarks

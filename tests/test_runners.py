@@ -50,6 +50,7 @@ def test_runner_returns_named_outputs_and_reports_device(kind: str, mlp: tuple) 
     assert list(out) == ["logits"] and out["logits"].shape == (3, 10) and out["logits"].dtype == np.float32
     info = runner.describe()
     assert info["device"] == auto_device(kind) and info["threads"] == 1 and info["precision"] == "fp32"
+    assert info["device_type"] == ("cpu" if info["device"] == "cpu" else "cuda")  # where diagnostics follow it
     assert info["tf32"] is False  # fp32 means TF32 off, set explicitly
     if kind == "torch":  # the model really is where the runner says
         import torch

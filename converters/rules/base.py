@@ -36,8 +36,9 @@ class ParamGroup:
         return {k: (tuple(v.shape) if v is not None else None) for k, v in self.tensors.items()}
 
 
-# (graph, node, claimed node names) -> the node's group, or None when the node is not one
-Extractor = Callable[[Graph, Any, set[str]], "ParamGroup | None"]
+# (graph, node, claimed node names) -> the node's group (several when one node holds several
+# layers, e.g. projections merged into one MatMul by a simplifier), or None when it is not one
+Extractor = Callable[[Graph, Any, set[str]], "ParamGroup | list[ParamGroup] | None"]
 _EXTRACTORS: dict[str, Extractor] = {}
 
 

@@ -20,10 +20,13 @@ from converters.rules.base import (
 )
 
 
-def _bias_after(graph: Graph, output: str, channels: int, claimed: set[str]) -> tuple[np.ndarray | None, Any | None, str]:
+def _bias_after(graph: Graph, output: str, channels: int, claimed: set[str],
+                spatial: int = 0) -> tuple[np.ndarray | None, Any | None, str]:
     """A constant per-channel bias added right after a MatMul/Conv, possibly behind one
     layout op (tf2onnx's Tensordot Reshape for Dense on >=3-D inputs, the Squeeze of
-    Conv1D). Returns (bias, add node, the tensor leaving the group)."""
+    Conv1D). Right after a conv with ``spatial`` dims, the constant must be shaped to
+    broadcast over channels (C, 1, 1) / (1, C, 1, 1). Returns (bias, add node, the
+    tensor leaving the group)."""
     node, tensor = graph.only_consumer(output), output
     if node is not None and node.op_type in ("Reshape", "Squeeze", "Unsqueeze", "Transpose"):
         tensor = node.output[0]
@@ -33,20 +36,25 @@ def _bias_after(graph: Graph, output: str, channels: int, claimed: set[str]) -> 
     value = float_const(graph, other_input(node, tensor))
     if value is None or value.size != channels:
         return None, None, output
+    if spatial and tensor == output and (value.ndim <= spatial or value.shape[value.ndim - spatial - 1] != channels):
+        return None, None, output  # a conv's output is channels-first: a (C,) constant would add along W
     split_heads = tensor != output and graph.producer(tensor) is not None and graph.producer(tensor).op_type == "Reshape"
     if value.ndim > 1 and sum(d > 1 for d in value.shape) != 1 and not split_heads:
         return None, None, output  # a (heads, head_dim) bias only after a Reshape that split the features
     claimed.add(node_name(node))
     return f32(value.reshape(channels)), node, node.output[0]
 
-def _flatten_origin(graph: Graph, tensor: str, in_features: int) -> tuple[str, tuple[int, ...]] | None:
-    """If ``tensor`` is a feature map flattened into ``in_features``, its order and dims."""
+def _flatten_origin(graph: Graph, tensor: str, in_features: int) -> tuple[str, tuple[int, ...]] | str | None:
+    """If ``tensor`` is a feature map flattened into ``in_features``, its order and dims;
+    "unknown" when it is a Reshape/Flatten of a tensor whose shape shape inference could not tell."""
     _, node = graph.trace_back(tensor)
     if node is None or node.op_type not in ("Reshape", "Flatten"):
         return None
     source = node.input[0]
     shape = graph.shapes.get(source)
-    if shape is None or len(shape) < 3 or any(d is None for d in shape[1:]):
+    if shape is None or (len(shape) >= 3 and any(d is None for d in shape[1:])):
+        return "unknown"
+    if len(shape) < 3:
         return None
     dims = tuple(int(d) for d in shape[1:])
     if int(np.prod(dims)) != in_features or dims[-1] == in_features:
@@ -83,40 +91,90 @@ def _unflatten_target(graph: Graph, tensor: str, out_features: int) -> tuple[str
     return "CHW", dims
 
 def _dense_group(graph: Graph, node: Any, kernel: np.ndarray, bias: np.ndarray | None, sources: frozenset[str],
-                 claimed: set[str]) -> ParamGroup:
-    nodes = [node_name(node)]
-    output = node.output[0]
+                 claimed: set[str], output: str = "", nodes: list[str] | None = None) -> ParamGroup:
+    """A dense layer: ``kernel`` (in, out) read by ``node``, leaving through ``output`` (default: the node's)."""
+    nodes = nodes or [node_name(node)]
+    output = output or node.output[0]
     if bias is None:
-        bias, add, output = _bias_after(graph, node.output[0], kernel.shape[1], claimed)
+        bias, add, output = _bias_after(graph, output, kernel.shape[1], claimed)
         if add is not None:
             nodes.append(node_name(add))
             sources |= initializers_of(graph, *add.input)
+    flatten = _flatten_origin(graph, node.input[0], kernel.shape[0])
     return ParamGroup("dense", nodes, {"kernel": f32(kernel), "bias": bias},
-                      {"flatten": _flatten_origin(graph, node.input[0], kernel.shape[0]),
+                      {"flatten": None if flatten == "unknown" else flatten,
+                       "flatten_unknown": flatten == "unknown",
                        "unflatten": _unflatten_target(graph, output, kernel.shape[1])},
                       sources, input=node.input[0], output=output)
 
+def _split_sizes(graph: Graph, split: Any, total: int) -> list[int] | None:
+    """The part sizes of a Split node along the last axis of a tensor with ``total`` features there."""
+    a = attrs_of(split)
+    rank = len(graph.shapes.get(split.input[0]) or ())
+    if int(a.get("axis", 0)) not in (-1, rank - 1):
+        return None
+    sizes = graph.const(split.input[1]) if len(split.input) > 1 and split.input[1] else a.get("split")
+    if sizes is None:
+        parts = int(a.get("num_outputs", len(split.output)))
+        sizes = [-(-total // parts)] * (parts - 1) + [total - (parts - 1) * -(-total // parts)]
+    sizes = [int(s) for s in np.asarray(sizes).reshape(-1)]
+    return sizes if sum(sizes) == total and len(sizes) == len(split.output) else None
+
+def _dense_or_parts(graph: Graph, node: Any, kernel: np.ndarray, bias: np.ndarray | None, sources: frozenset[str],
+                    claimed: set[str]) -> ParamGroup | list[ParamGroup]:
+    """One dense layer, or several when a simplifier merged projections of the same input into
+    one MatMul whose output is Split along the features (onnxsim does that to Q, K and V)."""
+    split = graph.only_consumer(node.output[0])
+    sizes = _split_sizes(graph, split, kernel.shape[1]) if bias is None and split is not None \
+        and split.op_type == "Split" else None
+    if sizes is None:
+        return _dense_group(graph, node, kernel, bias, sources, claimed)
+    claimed.add(node_name(split))
+    starts = np.cumsum([0, *sizes])
+    return [_dense_group(graph, node, kernel[:, starts[k]:starts[k + 1]], None, sources, claimed, out,
+                         [f"{node_name(node)}[{starts[k]}:{starts[k + 1]}]", node_name(split)])
+            for k, out in enumerate(split.output)]
+
 @extractor("Gemm")
-def _gemm(graph: Graph, node: Any, claimed: set[str]) -> ParamGroup | None:
+def _gemm(graph: Graph, node: Any, claimed: set[str]) -> ParamGroup | list[ParamGroup] | None:
     b = float_const(graph, node.input[1])
     if b is None:
         return None
     a = attrs_of(node)
     if a.get("transA", 0):
-        raise UnsupportedLayerError(f"Gemm node {node_name(node)} transposes its input (transA=1); not supported")
+        raise UnsupportedLayerError(f"{node.op_type} node {node_name(node)} transposes its input (transA=1); "
+                                    "not supported")
     kernel = (b.T if a.get("transB", 0) else b) * a.get("alpha", 1.0)
     bias_name = node.input[2] if len(node.input) > 2 else ""
     bias = graph.const(bias_name)
     if bias is not None:
         bias = f32(np.broadcast_to(bias * a.get("beta", 1.0), (kernel.shape[1],)))
-    return _dense_group(graph, node, kernel, bias, initializers_of(graph, node.input[1], bias_name), claimed)
+    return _dense_or_parts(graph, node, kernel, bias, initializers_of(graph, node.input[1], bias_name), claimed)
 
 @extractor("MatMul")
-def _matmul(graph: Graph, node: Any, claimed: set[str]) -> ParamGroup | None:
+def _matmul(graph: Graph, node: Any, claimed: set[str]) -> ParamGroup | list[ParamGroup] | None:
     w = float_const(graph, node.input[1])
     if w is None or w.ndim != 2:
         return None
-    return _dense_group(graph, node, w, None, initializers_of(graph, node.input[1]), claimed)
+    return _dense_or_parts(graph, node, w, None, initializers_of(graph, node.input[1]), claimed)
+
+@extractor("FusedGemm")
+def _fused_gemm(graph: Graph, node: Any, claimed: set[str]) -> ParamGroup | list[ParamGroup] | None:
+    """ONNX Runtime's Gemm with a fused activation (com.microsoft; its offline optimiser writes it)."""
+    return _gemm(graph, node, claimed)
+
+@extractor("FusedMatMul")
+def _fused_matmul(graph: Graph, node: Any, claimed: set[str]) -> ParamGroup | list[ParamGroup] | None:
+    """ONNX Runtime's MatMul with transposes and a scale folded in (com.microsoft)."""
+    w = float_const(graph, node.input[1])
+    if w is None:
+        return None
+    a = attrs_of(node)
+    if w.ndim != 2 or a.get("transA", 0) or a.get("transBatchA", 0) or a.get("transBatchB", 0):
+        raise UnsupportedLayerError(f"FusedMatMul node {node_name(node)} with a {w.shape} weight and attributes "
+                                    f"{a}: only a 2-D weight, optionally transposed (transB), is supported")
+    kernel = (w.T if a.get("transB", 0) else w) * a.get("alpha", 1.0)
+    return _dense_or_parts(graph, node, kernel, None, initializers_of(graph, node.input[1]), claimed)
 
 def _conv_like(kind: str, graph: Graph, node: Any, claimed: set[str]) -> ParamGroup | None:
     w = float_const(graph, node.input[1])
@@ -127,13 +185,14 @@ def _conv_like(kind: str, graph: Graph, node: Any, claimed: set[str]) -> ParamGr
     channels = w.shape[0] if kind == "conv" else w.shape[1] * int(attrs_of(node).get("group", 1))
     nodes, output = [node_name(node)], node.output[0]
     sources = initializers_of(graph, node.input[1], bias_name)
-    if bias is None:
-        bias, add, output = _bias_after(graph, node.output[0], channels, claimed)
-        if add is not None:
-            nodes.append(node_name(add))
-            sources |= initializers_of(graph, *add.input)
-    a = attrs_of(node)
     spatial = w.ndim - 2
+    # a per-channel shift after the bias too: a BatchNorm's, once a simplifier folded its scale into W
+    extra, add, output = _bias_after(graph, node.output[0], channels, claimed, spatial)
+    if add is not None:
+        nodes.append(node_name(add))
+        sources |= initializers_of(graph, *add.input)
+        bias = extra if bias is None else bias.reshape(-1) + extra
+    a = attrs_of(node)
     attrs = {"group": int(a.get("group", 1)), "strides": tuple(a.get("strides", (1,) * spatial)),
              "dilations": tuple(a.get("dilations", (1,) * spatial)), "pads": tuple(a.get("pads", ())),
              "auto_pad": a.get("auto_pad", "NOTSET"), "spatial": spatial}
@@ -142,6 +201,11 @@ def _conv_like(kind: str, graph: Graph, node: Any, claimed: set[str]) -> ParamGr
 
 @extractor("Conv")
 def _conv(graph: Graph, node: Any, claimed: set[str]) -> ParamGroup | None:
+    return _conv_like("conv", graph, node, claimed)
+
+@extractor("FusedConv")
+def _fused_conv(graph: Graph, node: Any, claimed: set[str]) -> ParamGroup | None:
+    """ONNX Runtime's Conv with a fused activation and residual input Z (com.microsoft)."""
     return _conv_like("conv", graph, node, claimed)
 
 @extractor("ConvTranspose")
@@ -155,3 +219,16 @@ def _embedding(graph: Graph, node: Any, claimed: set[str]) -> ParamGroup | None:
         return None
     return ParamGroup("embedding", [node_name(node)], {"table": f32(table)}, {}, initializers_of(graph, node.input[0]),
                       input=node.input[1], output=node.output[0])
+
+def _moved_bias(graph: Graph, node: Any, claimed: set[str]) -> ParamGroup | None:
+    """ONNX Runtime's activation with the preceding dense layer's bias moved into it (com.microsoft
+    BiasGelu, FastGelu): a group of kind "moved_bias" that ``converters.params`` gives back to that layer."""
+    bias_name = node.input[1] if len(node.input) > 1 else ""
+    bias = float_const(graph, bias_name)
+    if bias is None:
+        return None
+    return ParamGroup("moved_bias", [node_name(node)], {}, {"moved_bias": (f32(bias.reshape(-1)),
+                      initializers_of(graph, bias_name), (node.input[0],))}, input=node.input[0], output=node.output[0])
+
+extractor("BiasGelu")(_moved_bias)
+extractor("FastGelu")(_moved_bias)

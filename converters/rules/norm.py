@@ -146,3 +146,23 @@ def _channel_affine(graph: Graph, node: Any, claimed: set[str]) -> ParamGroup | 
                       {"gamma": scale[0], "beta": shift[0], "mean": np.zeros(c, np.float32), "var": None},
                       {"folded_statistics": True}, initializers_of(graph, scale[1], shift[1]), input=data,
                       output=add.output[0])
+
+@extractor("SkipLayerNormalization")
+def _skip_layernorm(graph: Graph, node: Any, claimed: set[str]) -> ParamGroup | None:
+    """ONNX Runtime's LayerNorm(input + skip [+ bias]) (com.microsoft; its offline optimiser writes it).
+    The optional bias is the preceding dense layer's, moved here: ``attrs["moved_bias"]`` carries it
+    back to that layer (``converters.params``)."""
+    gamma = float_const(graph, node.input[2]) if len(node.input) > 2 else None
+    if gamma is None:
+        return None
+    beta_name = node.input[3] if len(node.input) > 3 else ""
+    bias_name = node.input[4] if len(node.input) > 4 else ""
+    beta, bias = float_const(graph, beta_name), float_const(graph, bias_name)
+    attrs: dict[str, Any] = {"epsilon": float(attrs_of(node).get("epsilon", 1e-12)), "axis": -1}
+    if bias is not None:
+        attrs["moved_bias"] = (f32(bias.reshape(-1)), initializers_of(graph, bias_name), tuple(node.input[:2]))
+    return ParamGroup("layernorm", [node_name(node)],
+                      {"gamma": f32(gamma.reshape(-1)),
+                       "beta": f32(beta.reshape(-1)) if beta is not None else np.zeros(gamma.size, np.float32)},
+                      attrs, initializers_of(graph, node.input[2], beta_name), input=node.input[0],
+                      output=node.output[0])

@@ -78,9 +78,12 @@ def _keras_rnn_loop(graph: Graph, node: Any, claimed: set[str]) -> ParamGroup | 
     to_outer = {body_inputs[k]: k for k in range(2, len(body_inputs))}  # body name -> loop input index
     producers = {o: n for n in body.node for o in n.output}
     kernel_idx = recurrent_idx = None
-    for n in body.node:
-        if n.op_type != "MatMul" or n.input[1] not in to_outer:
+    for n in body.node:  # ONNX Runtime's optimiser fuses the bias Add into a Gemm
+        if n.op_type not in ("MatMul", "Gemm", "FusedGemm", "FusedMatMul") or n.input[1] not in to_outer:
             continue
+        if any(a.name in ("transA", "transB") and a.i for a in n.attribute):
+            raise UnsupportedLayerError(f"Loop node {node_name(node)}: its cell's {n.op_type} transposes an operand; "
+                                        "only untransposed kernels (as tf2onnx writes them) are supported")
         src = n.input[0]
         while src in producers and producers[src].op_type in ("Identity", "Cast", "Squeeze", "Reshape"):
             src = producers[src].input[0]

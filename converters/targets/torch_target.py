@@ -18,7 +18,8 @@ TORCH = REGISTRIES["torch"]
 
 
 def _set(param: torch.Tensor, value: np.ndarray) -> None:
-    value = np.ascontiguousarray(value, dtype=np.float32)
+    # writable too: ONNX initializers arrive as read-only views, which torch.from_numpy warns about
+    value = np.require(value, np.float32, ["C", "W"])
     if value.size != param.numel():
         raise WeightMappingError(f"cannot write an array of shape {value.shape} into a tensor of shape "
                                  f"{tuple(param.shape)}")

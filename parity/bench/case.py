@@ -64,6 +64,10 @@ class CaseHost(Protocol):
         """The seeded inputs at ``batch`` in ``framework``'s layout, in the spec's input order."""
         ...
 
+    def onnx_inputs(self, batch: int) -> dict[str, np.ndarray]:
+        """The seeded inputs at ``batch`` by input name, in the layout the ONNX file takes."""
+        ...
+
     def targets(self, batch: int, framework: str) -> tuple[str, np.ndarray]:
         """The loss kind of the first output and its seeded target in ``framework``'s layout."""
         ...
@@ -73,7 +77,7 @@ class CaseHost(Protocol):
         ...
 
     def onnx_path(self) -> str:
-        """The spec exported to ONNX once; ``Skip`` when no exporter works."""
+        """The spec exported to ONNX once (or a user's own file); ``Skip`` when no exporter works."""
         ...
 
     def gpu_name(self) -> str:

@@ -1,9 +1,10 @@
 """ONNX Runtime cases: the CPU, CUDA and TensorRT execution providers, inference only.
 
-The session runs the torch twin's ONNX export with every graph optimisation on
-(ORT_ENABLE_ALL) and the bench's thread budget for intra- and inter-op threads. On GPU
-with inputs resident, IO binding keeps inputs and outputs on the device and
-``synchronize_outputs`` waits for the work; otherwise ``session.run`` on numpy arrays.
+The session runs the torch twin's ONNX export (else the Keras twin's, or a user's own
+file), fed by input name, with every graph optimisation on (ORT_ENABLE_ALL) and the bench's
+thread budget for intra- and inter-op threads. On GPU with inputs resident, IO binding keeps
+inputs and outputs on the device and ``synchronize_outputs`` waits for the work; otherwise
+``session.run`` on numpy arrays.
 """
 
 from __future__ import annotations
@@ -34,8 +35,10 @@ def ort_case(host: CaseHost, mode: str, batch: int) -> Case:
     used = session.get_providers()[0]
     if used != provider:
         raise Skip(f"onnxruntime fell back to {used} instead of {provider}")
-    arrays = host.inputs(batch, "torch")  # the ONNX file is the torch twin's export
-    feeds = dict(zip([i.name for i in session.get_inputs()], arrays, strict=True))
+    feeds = host.onnx_inputs(batch)  # by name, in the layout of the framework it was exported from
+    names = [i.name for i in session.get_inputs()]
+    if sorted(names) != sorted(feeds):
+        raise ValueError(f"the ONNX file's inputs {names} are not the model's inputs {list(feeds)}")
     outputs = [o.name for o in session.get_outputs()]
     call, sync, how = _call(host, ort, session, feeds, outputs, on_gpu=mode != "cpu")
     memory = rss_memory() if mode == "cpu" else Memory("not exposed by onnxruntime's Python API")

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from parity.bench.case import LEARNING_RATE, MOMENTUM, Case, CaseHost, Skip, as_list, training_recipe
+from parity.bench.given import GivenSpec
 from parity.bench.memory import Memory, rss_memory
 from parity.bench.timing import noop
 
@@ -58,6 +59,13 @@ def _wrap(tf: Any, fn: Callable[..., Any], mode: str) -> Callable[..., Any]:
 
 
 def _keras_model(host: CaseHost, key: str) -> Any:
+    """The inference model (kept under ``key``) or, with no key, one for a training step to change."""
+    if isinstance(host.spec, GivenSpec):  # built already, under its own policy; trained only as a copy
+        host.spec.check_policy(keras_policy(host.config.precision))
+        model = host.spec.build_keras() if key else host.spec.training_copy("tf")
+        if key:
+            host.models[key] = model
+        return model
     with _policy_scope(host.config.precision):
         model = host.spec.build_keras(host.config.seed)
     if key:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from parity.bench.case import LEARNING_RATE, MOMENTUM, Case, CaseHost, Skip, as_list, training_recipe
+from parity.bench.given import GivenSpec
 from parity.bench.memory import Memory, rss_memory
 from parity.bench.timing import noop
 
@@ -40,7 +41,7 @@ def torch_case(host: CaseHost, mode: str, batch: int) -> Case:
 def _forward(host: CaseHost, torch: Any, dev: Any, mode: str, batch: int, autocast: Any) -> Built:
     if "torch" not in host.models:
         host.models["torch"] = host.spec.build_torch(host.config.seed).eval()
-    model = host.models["torch"].to(dev)
+    model = _on_device(host, host.models["torch"], dev)
     if mode == "compile":
         model = torch.compile(model, dynamic=False)
     arrays = host.inputs(batch, "torch")
@@ -68,7 +69,10 @@ def _train_step(host: CaseHost, torch: Any, dev: Any, mode: str, batch: int, aut
 
     loss_kind, labels = host.targets(batch, "torch")
     loss_of = F.cross_entropy if loss_kind == "cross_entropy" else F.mse_loss
-    model = host.spec.build_torch(host.config.seed).to(dev).train()
+    # a step changes the weights: a fresh twin, or a copy of a user's model (never the given one)
+    given = isinstance(host.spec, GivenSpec)
+    fresh = host.spec.training_copy("torch") if given else host.spec.build_torch(host.config.seed)
+    model = fresh.to(dev).train()
     opt = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE, momentum=MOMENTUM)
     scaler = torch.amp.GradScaler(dev.type) if host.config.precision == "fp16" else None
     arrays = host.inputs(batch, "torch")
@@ -100,6 +104,11 @@ def _train_step(host: CaseHost, torch: Any, dev: Any, mode: str, batch: int, aut
 
     return call, {**training_recipe(loss_kind), "loss_scaling": scaler is not None,
                   "compile": "whole step (forward, backward, optimizer)" if mode == "compile" else None}
+
+
+def _on_device(host: CaseHost, model: Any, dev: Any) -> Any:
+    """The model on ``dev``; a user's model is copied there rather than moved (the caller keeps it as it was)."""
+    return host.spec.on_device(model, str(dev)) if isinstance(host.spec, GivenSpec) else model.to(dev)
 
 
 def _autocast(torch: Any, device_type: str, dtype: Any) -> Any:

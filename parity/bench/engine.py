@@ -28,6 +28,7 @@ from parity.bench.case import Case, Skip
 from parity.bench.cases_ort import ort_case
 from parity.bench.cases_tf import keras_policy, tf_case
 from parity.bench.cases_torch import torch_case
+from parity.bench.given import GivenSpec
 from parity.bench.memory import Memory
 from parity.bench.results import (
     INFERENCE_RUNTIMES,
@@ -67,6 +68,7 @@ class Bench:
         self._modules: dict[str, Any] = {}
         self._missing: dict[str, str] = {}
         self._onnx: str | None = None
+        self._onnx_layout = "torch"  # whose layout the ONNX file's inputs take
         self._onnx_error: str | None = None
         self._flops: dict[int, int | None] = {}
         self._peak_gflops: float | None = None
@@ -96,6 +98,9 @@ class Bench:
         for key, module in _FRAMEWORKS.items():
             if key != "torch" and not self._needs(key):
                 continue
+            if key == "tf" and isinstance(self.spec, GivenSpec) and self.spec.keras_model is None:
+                self._missing[key] = "no Keras model given (--keras model.keras|pkg.module:factory)"
+                continue  # nothing to time in TensorFlow: do not pay for importing it
             try:
                 self._modules[key] = importlib.import_module(module)
             except ImportError as exc:
@@ -154,15 +159,28 @@ class Bench:
         return self._modules[key]
 
     def inputs(self, batch: int, framework: str) -> list[np.ndarray]:
-        """The spec's seeded inputs at ``batch`` in ``framework``'s layout, contiguous, in input order."""
+        """The spec's seeded inputs at ``batch`` in ``framework``'s layout, contiguous, in its argument order."""
         example = self.spec.example_inputs(batch=batch, seed=self.config.seed)
         laid_out = self.spec.inputs_for(framework, example)
-        return [np.ascontiguousarray(laid_out[n]) for n in self.spec.input_names]
+        order = self.spec.input_order(framework) if isinstance(self.spec, GivenSpec) else self.spec.input_names
+        return [np.ascontiguousarray(laid_out[n]) for n in order]
+
+    def onnx_inputs(self, batch: int) -> dict[str, np.ndarray]:
+        """The seeded inputs at ``batch`` by name, in the layout the ONNX file takes (its exporter's)."""
+        self.onnx_path()  # the export decides the layout
+        order = (self.spec.input_order(self._onnx_layout) if isinstance(self.spec, GivenSpec)
+                 else self.spec.input_names)
+        return dict(zip(order, self.inputs(batch, self._onnx_layout), strict=True))
 
     def targets(self, batch: int, framework: str) -> tuple[str, np.ndarray]:
         """The loss kind for the first output and its seeded target in ``framework``'s layout."""
-        out = self.spec.outputs[0]
         rng = np.random.default_rng(self.config.seed + 1)
+        if isinstance(self.spec, GivenSpec):  # a given model's own output shape, in its own layout
+            shape = self.spec.output_shapes[framework][0]
+            if len(shape) == 1:
+                return "cross_entropy", rng.integers(0, shape[0], size=batch).astype(np.int64)
+            return "mse", rng.standard_normal((batch, *shape)).astype(np.float32)
+        out = self.spec.outputs[0]
         if len(out.shape) == 1:
             return "cross_entropy", rng.integers(0, out.shape[0], size=batch).astype(np.int64)
         target = rng.standard_normal((batch, *out.shape)).astype(np.float32)
@@ -181,14 +199,16 @@ class Bench:
         return "cuda"
 
     def onnx_path(self) -> str:
-        """The spec exported to ONNX once (torch twin, dynamic batch); ``Skip`` if no exporter works."""
+        """The spec exported to ONNX once (torch twin, dynamic batch), or a user's own ONNX file;
+        ``Skip`` if no exporter works."""
         if self._onnx is None and self._onnx_error is None:
             from converters.errors import ConversionError
-            from parity.bench.flops import export_spec
+            from parity.bench.flops import export_for_bench
 
             try:
                 with _quiet():
-                    self._onnx = str(export_spec(self.spec, self._tmp.name, seed=self.config.seed))
+                    path, self._onnx_layout = export_for_bench(self.spec, self._tmp.name, seed=self.config.seed)
+                self._onnx = str(path)
             except (ConversionError, ImportError) as exc:
                 self._onnx_error = f"ONNX export failed: {exc}"
         if self._onnx is None:
@@ -257,7 +277,10 @@ class Bench:
             from parity.bench.flops import count_flops
 
             try:
-                self._flops[batch] = count_flops(self.onnx_path(), batch).total
+                path = self.onnx_path()
+                shapes = ({s.name: s.framework_shape(self._onnx_layout) for s in self.spec.inputs}
+                          if isinstance(self.spec, GivenSpec) else None)  # fixes a given file's dynamic dimensions
+                self._flops[batch] = count_flops(path, batch, shapes).total
             except (Skip, ConversionError, ValueError):  # no graph to count: the cells show no GFLOP/s
                 self._flops[batch] = None
         return self._flops[batch]

@@ -67,18 +67,19 @@ class PeakProbe:
 # ----------------------------------------------------------------------------- counting
 
 
-def count_flops(model: Any, batch: int) -> FlopCount:
+def count_flops(model: Any, batch: int, shapes: Mapping[str, Shape] | None = None) -> FlopCount:
     """Count forward FLOPs of ``model`` (a path or an onnx.ModelProto) with batch size ``batch``.
 
     ``batch`` replaces the symbolic first dimension of each graph input (the batch in zoo
-    layouts); inputs exported with a static first dimension keep it.
+    layouts); inputs exported with a static first dimension keep it. ``shapes`` (by input
+    name, without the batch) fix an input's other dimensions, e.g. a dynamic sequence length.
     """
     from converters.graph import fold, load_onnx
 
     if batch < 1:
         raise ValueError(f"batch must be a positive integer, got {batch}")
     proto = load_onnx(model) if isinstance(model, (str, Path)) else model
-    graph = fold(_infer_at_batch(proto, batch))
+    graph = fold(_infer_at_batch(proto, batch, shapes or {}))
     by_op: dict[str, int] = {}
     unresolved: list[str] = []
     counted = 0
@@ -96,8 +97,8 @@ def count_flops(model: Any, batch: int) -> FlopCount:
                      unresolved=tuple(unresolved))
 
 
-def _infer_at_batch(model: Any, batch: int) -> Any:
-    """A copy of ``model`` with the batch dimension fixed at ``batch`` and shapes inferred."""
+def _infer_at_batch(model: Any, batch: int, shapes: Mapping[str, Shape]) -> Any:
+    """A copy of ``model`` with the batch dimension (and ``shapes``' dimensions) fixed, shapes inferred."""
     import onnx
     from onnx import shape_inference
 
@@ -105,23 +106,40 @@ def _infer_at_batch(model: Any, batch: int) -> Any:
     fixed.CopyFrom(model)
     g = fixed.graph
     initializers = {i.name for i in g.initializer}
-    symbols: set[str] = set()
+    symbols: dict[str, int] = {}  # a symbolic dimension -> its value, also where outputs use it
     for value in g.input:
         dims = value.type.tensor_type.shape.dim
-        if value.name in initializers or not dims or dims[0].HasField("dim_value"):
+        if value.name in initializers or not dims:
+            continue
+        if value.name in shapes:
+            _fix_dims(value.name, dims, shapes[value.name], symbols)
+        if dims[0].HasField("dim_value"):
             continue  # a static first dimension is the model's own batch: keep it
         if dims[0].HasField("dim_param"):
-            symbols.add(dims[0].dim_param)
+            symbols[dims[0].dim_param] = batch
         dims[0].dim_value = batch  # clears dim_param (a oneof)
     for value in [*g.output, *g.value_info]:
         for dim in value.type.tensor_type.shape.dim:
             if dim.HasField("dim_param") and dim.dim_param in symbols:
-                dim.dim_value = batch
+                dim.dim_value = symbols[dim.dim_param]
     del g.value_info[:]  # stale shapes from the exporter would mask the concrete ones
     try:
         return shape_inference.infer_shapes(fixed, data_prop=True)
     except Exception:  # inference is best effort: nodes without shapes are reported as unresolved
         return fixed
+
+
+def _fix_dims(name: str, dims: Any, shape: Shape, symbols: dict[str, int]) -> None:
+    """Set the dimensions after the batch to ``shape``, recording the values of the symbols they replace."""
+    if len(dims) != len(shape) + 1:
+        raise ValueError(f"input {name!r} has {len(dims)} dimensions (batch included); got the shape {tuple(shape)} "
+                         "for the ones after the batch")
+    for dim, value in zip(list(dims)[1:], shape, strict=True):
+        if dim.HasField("dim_value") and dim.dim_value != value:
+            raise ValueError(f"input {name!r}: shape {tuple(shape)} does not fit the declared dimension {dim.dim_value}")
+        if dim.HasField("dim_param"):
+            symbols[dim.dim_param] = int(value)
+        dim.dim_value = int(value)
 
 
 def _shape_of(graph: Any, name: str) -> Shape | None:
@@ -221,22 +239,44 @@ def export_spec(spec: Any, directory: str | Path, seed: int = 0) -> Path:
 
     Raises ``converters.errors.ConversionError`` naming every exporter that was tried.
     """
+    return export_for_bench(spec, directory, seed)[0]
+
+
+def export_for_bench(spec: Any, directory: str | Path, seed: int = 0) -> tuple[Path, str]:
+    """The ONNX file to run and count, and whose layout its inputs take ('torch' or 'tf').
+
+    A ``GivenSpec``'s own ONNX file is used as it is; otherwise the torch model is exported
+    (dynamo, then legacy), else the Keras one (tf2onnx). A user's models are exported as
+    given: nothing is rebuilt or reseeded.
+    """
     from converters.errors import ConversionError
     from converters.export import export_model
+    from parity.bench.case import Skip
+    from parity.bench.given import GivenSpec
 
-    path = Path(directory) / f"{spec.name}.onnx"
+    if isinstance(spec, GivenSpec) and spec.onnx_file is not None:
+        return Path(spec.onnx_file), spec.onnx_layout
+    path = Path(directory) / f"{Path(spec.name).name.replace(':', '_')}.onnx"
     example = spec.example_inputs(batch=2, seed=seed)
     failures: list[str] = []
     for framework, exporter in (("torch", "dynamo"), ("torch", "legacy"), ("tf", "tf2onnx")):
         try:
             model = spec.build(framework, seed)
-            arrays = [spec.inputs_for(framework, example)[n] for n in spec.input_names]
-            return export_model(model, framework, arrays, path, input_names=spec.input_names,
+        except Skip as exc:
+            failures.append(f"{framework}: {exc}")
+            continue
+        except ImportError as exc:
+            failures.append(f"{framework}/{exporter}: {_first_line(exc)}")
+            continue
+        order = spec.input_order(framework) if isinstance(spec, GivenSpec) else spec.input_names
+        try:
+            arrays = [spec.inputs_for(framework, example)[n] for n in order]
+            return export_model(model, framework, arrays, path, input_names=order,
                                 output_names=spec.output_names,
-                                **({"exporter": exporter} if framework == "torch" else {}))
+                                **({"exporter": exporter} if framework == "torch" else {})), framework
         except (ConversionError, ImportError) as exc:
             failures.append(f"{framework}/{exporter}: {_first_line(exc)}")
-    raise ConversionError(f"could not export {spec.name!r} to ONNX: " + "; ".join(failures))
+    raise ConversionError(f"could not export {spec.name!r} to ONNX: " + "; ".join(dict.fromkeys(failures)))
 
 
 def _first_line(exc: BaseException) -> str:
@@ -287,4 +327,4 @@ def format_flops(flops: float) -> str:
 
 
 __all__: Sequence[str] = ["COUNTED_OPS", "FlopCount", "PeakProbe", "achieved_gflops", "count_flops",
-                          "export_spec", "format_flops", "fraction_of_peak", "matmul_peak"]
+                          "export_for_bench", "export_spec", "format_flops", "fraction_of_peak", "matmul_peak"]

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from converters.files import atomic_path, write_json_atomic
-from parity.check.results import CheckOptions, CheckResult
+from parity.check.results import COMPARE_ONLY, CheckOptions, CheckResult
+from parity.check.user import UserPair
 from parity.compare import Comparison, compare
 from parity.errors import NonFiniteOutputError, UsageError
 
@@ -59,9 +60,18 @@ def _progress(msg: str) -> None:
     print(f"[parity] {msg}", file=sys.stderr, flush=True)
 
 
-def run_check(options: CheckOptions, *, spec: Any = None,
+def run_check(options: CheckOptions, *, spec: Any = None, user: UserPair | None = None,
               progress: Callable[[str], None] = _progress) -> CheckResult:
-    """Build, export, port, run and compare. ``spec`` overrides the zoo lookup (tests plant bugs this way)."""
+    """Export, port, run and compare; return the typed result.
+
+    Three sources: a zoo model (``options.model``), whose twins are built here and whose
+    source twin's weights are randomised with ``options.seed`` (they are the zoo's own,
+    freshly built); a published checkpoint (``options.checkpoint``), imported and not
+    randomised; or a user pair (``user``, see ``parity.check_models``), whose source model
+    is never modified: with ``options.port`` the target's weights are replaced by the
+    port, without it both models are compared as they are. ``spec`` overrides the zoo
+    lookup (tests plant bugs this way).
+    """
     import zoo
 
     if options.source not in OTHER:
@@ -72,7 +82,11 @@ def run_check(options: CheckOptions, *, spec: Any = None,
         raise UsageError("--text/--text-file need --checkpoint DIR (the checkpoint's tokenizer tokenises them)")
     if options.checkpoint is not None and options.source != "torch":
         raise UsageError("--checkpoint imports a PyTorch checkpoint, so the source is torch: use --from torch")
-    if spec is None and options.checkpoint is None:
+    if user is None and not options.port:
+        raise UsageError("compare-only (no port) needs two models of your own; a zoo twin is ported from its source")
+    if user is not None and user.source_framework != options.source:
+        raise UsageError(f"the user pair's source is a {user.source_framework} model, options say {options.source}")
+    if spec is None and options.checkpoint is None and user is None:
         try:
             spec = zoo.get(options.model, preset=options.preset)
         except (zoo.UnknownModelError, ValueError) as exc:
@@ -83,6 +97,7 @@ def run_check(options: CheckOptions, *, spec: Any = None,
 
     from converters.export import export_model
     from converters.port import port_model
+    from converters.report import PortReport
     from parity.check.sources import checkpoint_source, compare_checkpoint_embeddings
     from parity.env import capture
     from parity.runners import make_runner
@@ -90,40 +105,56 @@ def run_check(options: CheckOptions, *, spec: Any = None,
 
     src, dst = options.source, OTHER[options.source]
     ckpt = checkpoint_source(options, spec, progress) if options.checkpoint is not None else None
-    spec = ckpt.spec if ckpt else spec
+    spec = user.spec if user else ckpt.spec if ckpt else spec
     exporter = options.exporter or spec.torch_exporter
-    inputs = ckpt.inputs if ckpt else spec.example_inputs(options.batch, options.seed)
-    per_fw = {fw: spec.inputs_for(fw, inputs) for fw in ("torch", "tf")}
+    inputs = user.inputs if user else ckpt.inputs if ckpt else spec.example_inputs(options.batch, options.seed)
+    per_fw = {fw: spec.inputs_for(fw, inputs) for fw in ("torch", "tf")}  # each in its framework's order
+    names = {fw: list(arrays) for fw, arrays in per_fw.items()}
 
     with tempfile.TemporaryDirectory(prefix="parity-") as tmp:
         work = out or Path(tmp)
-        if ckpt:  # trained weights: not randomized
-            source_model = ckpt.model
+        if user:  # the user's models, as given: never randomised
+            source_model, target_model = user.source, user.target
+            laid = ", ".join(f"{n} {d['layout']}" for n, d in user.described["inputs"].items())
+            progress(f"checking your {src} model {spec.name.split('/')[0]} against your {dst} model "
+                     f"{spec.name.split('/')[-1]} (inputs {laid}; {'port' if options.port else 'compare only'})")
+        elif ckpt:  # trained weights: not randomized
+            source_model, target_model = ckpt.model, spec.build(dst, options.seed + 1)
         else:
             progress(f"building the {src} twin of {spec.name} ({spec.preset}) with seed {options.seed}")
             source_model = spec.build(src, options.seed)
             randomize(source_model, src, options.seed)
+            target_model = spec.build(dst, options.seed + 1)
         files = {"torch": work / "torch.onnx", "tf": work / "tf.onnx"}
-        target_model = spec.build(dst, options.seed + 1)
-        report = port_model(source_model, target_model, list(per_fw[src].values()), list(per_fw[dst].values()),
-                            onnx_path=files[src], exporter=exporter, lossless=options.lossless,
-                            strict=options.strict, input_names=spec.input_names, output_names=spec.output_names,
-                            progress=progress)
-        progress(f"exporting the ported {dst} twin to ONNX")
+        if options.port:
+            report = port_model(source_model, target_model, list(per_fw[src].values()), list(per_fw[dst].values()),
+                                onnx_path=files[src], exporter=exporter, lossless=options.lossless,
+                                strict=options.strict, input_names=names[src], output_names=spec.output_names,
+                                progress=progress)
+        else:
+            progress(f"exporting the {src} model to ONNX (compare only: no weights are ported)")
+            export_model(source_model, src, list(per_fw[src].values()), files[src], exporter=exporter,
+                         input_names=names[src], output_names=spec.output_names, lossless=options.lossless)
+            report = PortReport(source=COMPARE_ONLY, target_framework=dst)
+        if user and user.problem:
+            raise UsageError(user.problem)
+        progress(f"exporting the {'ported ' if options.port else ''}{dst} model to ONNX")
         export_model(target_model, dst, list(per_fw[dst].values()), files[dst], exporter=exporter,
-                     input_names=spec.input_names, output_names=spec.output_names)
-        weights = save_weights_atomic(target_model, dst, work) if out else None
+                     input_names=names[dst], output_names=spec.output_names)
+        weights = save_weights_atomic(target_model, dst, work) if out and options.port else None
 
         models = {"torch": source_model if src == "torch" else target_model,
                   "tf": source_model if src == "tf" else target_model}
         outputs: dict[str, dict[str, np.ndarray]] = {}
         runner_info: dict[str, Any] = {}
         opts = dict(device=options.device, threads=options.threads, precision=options.precision)
-        plan = [("torch", "torch", models["torch"], "torch"), ("tf", "tf", models["tf"], "tf"),
-                ("ort-torch", "ort", files["torch"], "torch"), ("ort-tf", "ort", files["tf"], "tf")]
-        for label, kind, model, layout in plan:
+        # ONNX Runtime is fed by name: the session's own input names, which the exports were given
+        plan = [("torch", "torch", models["torch"], "torch", names["torch"]),
+                ("tf", "tf", models["tf"], "tf", names["tf"]),
+                ("ort-torch", "ort", files["torch"], "torch", None), ("ort-tf", "ort", files["tf"], "tf", None)]
+        for label, kind, model, layout, in_names in plan:
             progress(f"running {label}")
-            runner = make_runner(kind, **opts).prepare(model, spec.input_names, spec.output_names)
+            runner = make_runner(kind, **opts).prepare(model, in_names, spec.output_names)
             outputs[label] = spec.outputs_from(layout, runner.run(per_fw[layout]))
             runner_info[label] = runner.describe()
 
@@ -137,15 +168,31 @@ def run_check(options: CheckOptions, *, spec: Any = None,
             files={k: str(v) for k, v in {"torch_onnx": files["torch"], "tf_onnx": files["tf"],
                                           "weights": weights}.items() if out and v is not None},
             checkpoint=ckpt.describe() if ckpt else {}, outputs=outputs,
-            notes=ckpt.notes if ckpt else [],
+            notes=ckpt.notes if ckpt else list(user.notes) if user else [],
+            ported=options.port, pair=user.described if user else {},
         )
+        if options.save_outputs is not None:
+            result.files["outputs"] = str(save_outputs(options.save_outputs, spec, outputs, src))
         from parity.diagnostics import diagnose
 
         diagnose(result, options, spec=spec, models=models, files=files, port=report, inputs=inputs, progress=progress)
-        if out:
+        if out and options.port:
             write_json_atomic(out / "port_report.json", report.to_dict())
             result.files["port_report"] = str(out / "port_report.json")
     return result
+
+
+def save_outputs(path: Path, spec: Any, outputs: dict[str, dict[str, np.ndarray]], source: str) -> Path:
+    """Every runtime's outputs in the source's layout, keyed ``runtime/output``, written atomically."""
+    layout = {o.name: o for o in spec.outputs}
+    arrays = {f"{label}/{name}": (layout[name].to_framework(value, source) if name in layout else value)
+              for label, values in outputs.items() for name, value in values.items()}
+    try:
+        with atomic_path(path, suffix=".npz") as tmp:
+            np.savez(tmp, **arrays)
+    except OSError as exc:
+        raise UsageError(f"--save-outputs {path}: cannot write it ({exc.strerror or exc})") from exc
+    return path
 
 
 def _compare_all(spec: Any, options: CheckOptions, outputs: dict[str, dict[str, np.ndarray]],

@@ -19,6 +19,9 @@ if TYPE_CHECKING:
     from parity.diagnostics.training_report import TrainingReport
 
 
+COMPARE_ONLY = "(not ported: both models compared as given)"  # the PortReport source of a compare-only check
+
+
 @dataclass(frozen=True)
 class CheckOptions:
     model: str
@@ -46,6 +49,8 @@ class CheckOptions:
     loss: str = "mse"  # for --grads and --train-steps: "mse" or "xent"
     plot: Path | None = None  # layer error against depth (implies layers)
     strict_tolerances: bool = False  # take tolerances as given: no growth with depth or steps
+    port: bool = True  # False (a user pair only): compare the two models as they are
+    save_outputs: Path | None = None  # every runtime's outputs (source layout) as an .npz
 
 
 @dataclass
@@ -70,6 +75,8 @@ class CheckResult:
     layers: LayerReport | None = None
     gradients: GradReport | NotCompared | None = None
     training: TrainingReport | NotCompared | None = None
+    ported: bool = True  # False: compare-only (both models kept their own weights)
+    pair: dict[str, Any] = field(default_factory=dict)  # a user pair: how inputs and outputs were laid out
 
     @property
     def lint(self) -> list[Finding]:
@@ -91,14 +98,23 @@ class CheckResult:
             "layers": self.layers.to_dict() if self.layers is not None else None,
             "gradients": self.gradients.to_dict() if self.gradients is not None else None,
             "training": self.training.to_dict() if self.training is not None else None,
+            "ported": self.ported, "pair": self.pair,
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CheckResult:
+        """A result saved with ``to_dict`` (``parity check --json``), reloaded; see ``parity.check.saved``."""
+        from parity.check.saved import result_fields
+
+        return cls(**result_fields(data))
 
 
 def format_table(result: CheckResult) -> str:
     """The comparison table `parity check` prints, with the verdict."""
     exact = sum(1 for layer in result.port.layers if layer.exact)
-    head = (f"parity check {result.model} ({result.preset}): {result.source} -> {result.target}, "
-            f"ported {len(result.port.layers)} layers ({exact} exact)")
+    how = (f"ported {len(result.port.layers)} layers ({exact} exact)" if result.ported
+           else "compared as given (not ported)")
+    head = f"parity check {result.model} ({result.preset}): {result.source} -> {result.target}, {how}"
     w = max([len("output"), *(len(c.output) for c in result.comparisons)]) + 2
     cols = f"  {'a':<10}{'b':<7}{'output':<{w}}{'max_abs':>10}{'max_rel':>10}{'mean_abs':>10}{'cosine':>12}{'atol':>10}  verdict"
     rows = [head, cols]

@@ -26,10 +26,16 @@ def add_commands(subparsers: Any) -> None:
 
 
 def _add_bench(subparsers: Any) -> None:
-    p = subparsers.add_parser("bench", help="time inference (or training) across torch, TF and ONNX Runtime",
-                              description="Time a zoo model in every runtime and execution mode, with equal "
-                                          "threads, explicit precision and synchronised clocks.")
-    p.add_argument("model", help="zoo model name (see `parity list`)")
+    from parity.cli.own_models import own_models_epilog
+    from parity.cli.user_models import add_user_model_arguments
+
+    p = subparsers.add_parser(
+        "bench", help="time inference (or training) across torch, TF and ONNX Runtime",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Time a zoo model, your own models or an ONNX file in every runtime that applies and "
+                    "every execution mode, with equal threads, explicit precision and synchronised clocks.",
+        epilog=own_models_epilog("bench", " --batch 1,8 --budget 0.5"))
+    p.add_argument("model", nargs="?", help="zoo model name (see `parity list`); or give --torch/--keras/--onnx")
     p.add_argument("--preset", default="small", help="model size preset (default: small)")
     p.add_argument("--batch", default="1,8,32", help="comma-separated batch sizes (default: 1,8,32)")
     p.add_argument("--train", action="store_true",
@@ -52,14 +58,28 @@ def _add_bench(subparsers: Any) -> None:
     p.add_argument("--no-peak", action="store_true", help="skip the matmul peak probe")
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write every cell and the environment")
     p.add_argument("--plot", type=Path, default=None, metavar="PATH", help="write a PNG plot")
+    add_user_model_arguments(p)
+    p.add_argument("--onnx", type=Path, metavar="FILE",
+                   help="time this ONNX file in ONNX Runtime (instead of an export of the models); its inputs are "
+                        "its declared shapes (--input NAME:SHAPE fixes dynamic dimensions)")
     p.set_defaults(handler=run_bench)
 
 
 def _add_flops(subparsers: Any) -> None:
-    p = subparsers.add_parser("flops", help="count forward FLOPs from the ONNX graph (2 per multiply-add)")
-    p.add_argument("model", help="zoo model name, or a path to an .onnx file")
+    from parity.cli.own_models import own_models_epilog
+    from parity.cli.user_models import add_user_model_arguments
+
+    p = subparsers.add_parser(
+        "flops", help="count forward FLOPs from the ONNX graph (2 per multiply-add)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Count the forward FLOPs of a zoo model, your own model (exported to ONNX) or an ONNX file.",
+        epilog=own_models_epilog("flops", " --batch 1,8"))
+    p.add_argument("model", nargs="?", help="zoo model name, or a path to an .onnx file")
     p.add_argument("--preset", default="small", help="model size preset (default: small)")
     p.add_argument("--batch", default="1", help="comma-separated batch sizes (default: 1)")
+    add_user_model_arguments(p)
+    p.add_argument("--onnx", type=Path, metavar="FILE",
+                   help="count this ONNX file (--input NAME:SHAPE fixes dynamic dimensions beyond the batch)")
     p.set_defaults(handler=run_flops)
 
 
@@ -127,11 +147,21 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 def run_bench(args: argparse.Namespace) -> int:
     """`parity bench`: 0 when at least one cell was measured, 1 when none could be."""
+    from parity.cli.own_models import which_models
+
     config = config_from_args(args)
-    spec = _spec(args.model, args.preset)
+    which = which_models(args)
     _check_writable(args.json, "--json")
     _check_writable(args.plot, "--plot")
     _import_torch_first()
+    if which == "zoo":
+        spec = _spec(args.model, args.preset)
+    else:
+        from parity.cli.own_models import given_spec_from_args
+
+        if args.model is not None:  # `parity bench model.onnx` reads as --onnx model.onnx
+            args.onnx, args.model = Path(args.model), None
+        spec = given_spec_from_args(args, config.batches)
     from parity.bench.engine import run_benchmark
 
     result = run_benchmark(spec, config, progress=_progress)
@@ -153,13 +183,21 @@ def run_bench(args: argparse.Namespace) -> int:
 
 def run_flops(args: argparse.Namespace) -> int:
     """`parity flops`: the forward FLOP count per batch size, by operator kind."""
-    batches = parse_batches(args.batch)
-    from parity.bench.flops import count_flops
+    from parity.cli.own_models import count_onnx_file, which_models
 
-    if str(args.model).endswith(".onnx"):
-        if not Path(args.model).is_file():
-            raise UsageError(f"ONNX file not found: {args.model}")
-        source, counts = args.model, [count_flops(args.model, b) for b in batches]
+    batches = parse_batches(args.batch)
+    which = which_models(args)
+    if which == "onnx":
+        path = Path(args.onnx if args.onnx is not None else args.model)
+        source, counts = str(path), count_onnx_file(path, args, batches)
+    elif which == "own":
+        if args.onnx is not None:
+            raise UsageError("give --onnx FILE or --torch/--keras to count, not both")
+        _import_torch_first()
+        from parity.cli.own_models import given_spec_from_args
+
+        spec = given_spec_from_args(args, batches)
+        source, counts = spec.name, _count_spec(spec, batches)
     else:
         spec = _spec(args.model, args.preset)
         source, counts = f"{spec.name} ({spec.preset})", _count_spec(spec, batches)

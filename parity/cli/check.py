@@ -1,4 +1,5 @@
-"""`parity check`: port a zoo twin through ONNX and compare torch, tf and ONNX Runtime."""
+"""`parity check`: port a zoo twin, or your own pair (--torch/--keras), through ONNX and compare torch, tf
+and ONNX Runtime."""
 
 from __future__ import annotations
 
@@ -7,16 +8,27 @@ from pathlib import Path
 from typing import Any
 
 from parity.cli.common import EPILOG, EXIT_MISMATCH, EXIT_OK, check_json_path, nonneg_float, positive_int
+from parity.cli.user_models import add_user_model_arguments
 from parity.errors import ParityError
+
+USER_EPILOG = """your own pair:
+  parity check --torch pkg.module:factory --keras model.keras --input x:3x32x32:float32:NCHW
+  (factories are imported and called: that runs your code, as any import does; .keras files load in safe mode)
+
+"""
 
 
 def add_command(sub: Any) -> None:
-    check = sub.add_parser("check", help="port a zoo twin through ONNX and compare torch, tf and ONNX Runtime",
-                           epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    check.add_argument("model", nargs="?", help="zoo model name (see `parity list`)")
+    check = sub.add_parser(
+        "check", help="port a zoo twin or your own pair through ONNX and compare torch, tf and ONNX Runtime",
+        description="Port a zoo twin (MODEL), or your own torch/Keras pair (--torch and --keras), through ONNX and "
+                    "compare torch, tf, ONNX Runtime on the torch export and on the Keras export against the source.",
+        epilog=USER_EPILOG + EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    check.add_argument("model", nargs="?", help="zoo model name (see `parity list`); leave out with --torch/--keras")
     check.add_argument("--all", action="store_true", help="check every zoo model, both directions unless --from")
     check.add_argument("--from", dest="source", choices=("torch", "tf"),
-                       help="framework of the source twin whose weights are ported (default: torch)")
+                       help="framework of the source whose weights are ported, and whose layout --input/--inputs "
+                            "use (default: torch)")
     check.add_argument("--preset", help="zoo preset (default: small; with a torchvision --checkpoint: standard)")
     check.add_argument("--batch", type=positive_int, default=2, help="batch size of the seeded inputs (default: 2)")
     check.add_argument("--seed", type=int, default=0, help="seed for weights and inputs (default: 0)")
@@ -33,6 +45,8 @@ def add_command(sub: Any) -> None:
     check.add_argument("--strict", action="store_true",
                        help="a semantic-defaults mismatch between the twins (epsilon, momentum, GELU form...) is an error")
     check.add_argument("--json", type=Path, metavar="PATH", help="write the result as JSON")
+    check.add_argument("--save-outputs", type=Path, metavar="PATH.npz",
+                       help="write every runtime's outputs (source layout; keys RUNTIME/OUTPUT) as .npz, atomically")
     check.add_argument("--out", type=Path, metavar="DIR", help="keep the ONNX files, ported weights and port report")
     check.add_argument("--checkpoint", type=Path, metavar="PATH",
                        help="source weights from a published checkpoint (see `parity import`), not randomized")
@@ -56,20 +70,28 @@ def add_command(sub: Any) -> None:
     diag.add_argument("--plot", type=Path, metavar="PATH", help="plot layer error against depth (log scale) to PATH")
     diag.add_argument("--strict-tolerances", action="store_true",
                       help="take tolerances as given at every layer and step (no growth with depth or steps)")
+    add_user_model_arguments(check)
+    check.add_argument_group("your own models").add_argument(
+        "--compare-only", dest="port", action="store_false",
+        help="do not port: compare the two models with the weights they have")
     check.set_defaults(handler=cmd_check)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     from converters.files import write_json_atomic
-    from parity.check import CheckOptions, format_table, run_check
+    from parity.check import CheckOptions, run_check
 
     check_json_path(args.json)
+    if args.torch or args.keras or args.input_specs or args.inputs_npz or not args.port:
+        return cmd_check_user(args)
     if args.all == bool(args.model):
         raise ParityError("give one model name, or --all for every zoo model (not both)")
     if args.all and args.out:
         raise ParityError("--out keeps one model's files; it cannot be combined with --all")
     if args.all and args.plot:
         raise ParityError("--plot draws one model's layers; it cannot be combined with --all")
+    if args.all and args.save_outputs:
+        raise ParityError("--save-outputs keeps one check's outputs; it cannot be combined with --all")
     if args.all and args.checkpoint:
         raise ParityError("--checkpoint is one model's weights; it cannot be combined with --all")
     args.preset = args.preset or ("standard" if args.checkpoint else "small")
@@ -91,15 +113,11 @@ def cmd_check(args: argparse.Namespace) -> int:
                 checkpoint=args.checkpoint, texts=tuple(args.text),
                 layers=args.layers, grads=args.grads, train_steps=args.train_steps, loss=args.loss, plot=args.plot,
                 optimizers=("sgd", "adam") if args.optimizer == "both" else (args.optimizer,),
-                strict_tolerances=args.strict_tolerances,
+                strict_tolerances=args.strict_tolerances, save_outputs=args.save_outputs,
             )
             result = run_check(options)
-            print(format_table(result))
-            if any(part is not None for part in (result.layers, result.gradients, result.training)):
-                from parity.diagnostics import format_diagnostics
-
-                print(format_diagnostics(result))
             results.append(result)
+            _print(result)
     passed = all(r.passed for r in results)
     if args.all:
         print(f"\n{sum(r.passed for r in results)} of {len(results)} checks passed")
@@ -111,3 +129,26 @@ def cmd_check(args: argparse.Namespace) -> int:
             "passed": passed, "results": [r.to_dict() for r in results]}
         write_json_atomic(args.json, data)
     return EXIT_OK if passed else EXIT_MISMATCH
+
+
+def _print(result: Any) -> None:
+    from parity.check import format_table
+
+    print(format_table(result))
+    if any(part is not None for part in (result.layers, result.gradients, result.training)):
+        from parity.diagnostics import format_diagnostics
+
+        print(format_diagnostics(result))
+
+
+def cmd_check_user(args: argparse.Namespace) -> int:
+    """`parity check --torch ... --keras ...`: the user's pair through ``parity.api.check_pair``."""
+    from parity.cli.user_check import run_user_check
+
+    result = run_user_check(args)
+    _print(result)
+    if args.json:
+        from converters.files import write_json_atomic
+
+        write_json_atomic(args.json, result.to_dict())
+    return EXIT_OK if result.passed else EXIT_MISMATCH

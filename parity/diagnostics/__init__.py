@@ -5,6 +5,11 @@ Results land on the CheckResult as typed reports (LayerReport, GradReport,
 TrainingReport, or NotCompared when the port makes a comparison meaningless); they
 become JSON (keys ``layers``, ``gradients``, ``training``) only in ``CheckResult.to_dict``.
 A requested diagnostic that fails makes the check fail.
+
+The diagnostics run where the check's runners ran (``result.runners[...]["device_type"]``,
+see ``parity.diagnostics.device``): after a CUDA run the torch twin is diagnosed on the GPU
+(a copy there, when the caller's model is elsewhere), Keras under that ``tf.device``, and
+ONNX Runtime with the runner's execution provider.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from converters.report import LSTM_SINGLE_BIAS, PortReport
 from parity.errors import UsageError
 
 if TYPE_CHECKING:
+    from parity.diagnostics.device import Placement
     from parity.diagnostics.localize import LayerReport
 
 
@@ -44,7 +50,26 @@ class NotCompared:
 
 def diagnose(result: Any, options: Any, *, spec: Any, models: Mapping[str, Any], files: Mapping[str, Path],
              port: PortReport, inputs: Mapping[str, np.ndarray], progress: Callable[[str], None]) -> None:
-    """Run the diagnostics ``options`` ask for on a finished check and record them on ``result``."""
+    """Run the diagnostics ``options`` ask for on a finished check and record them on ``result``,
+    on the devices its runners ran on."""
+    from parity.diagnostics.device import Placement, torch_placed
+
+    place = Placement.of_check(result.runners or {}, str(getattr(options, "device", "cpu")),
+                               str(getattr(options, "precision", "fp32")))
+    want_any = (bool(getattr(options, "layers", False)) or getattr(options, "plot", None) is not None
+                or not result.passed or bool(getattr(options, "grads", False))
+                or bool(getattr(options, "train_steps", 0)))
+    if not want_any:
+        return
+    with torch_placed(models["torch"], place.torch) as there:  # one copy for every diagnostic, when one is needed
+        _diagnose(result, options, spec=spec, models={**models, "torch": there}, files=files, port=port,
+                  inputs=inputs, progress=progress, place=place)
+
+
+def _diagnose(result: Any, options: Any, *, spec: Any, models: Mapping[str, Any], files: Mapping[str, Path],
+              port: PortReport, inputs: Mapping[str, np.ndarray], progress: Callable[[str], None],
+              place: Placement) -> None:
+    """``diagnose`` with the torch twin on ``place.torch``."""
     src = result.source
     want_layers = bool(getattr(options, "layers", False))
     plot = getattr(options, "plot", None)
@@ -58,10 +83,11 @@ def diagnose(result: Any, options: Any, *, spec: Any, models: Mapping[str, Any],
         tol = depth_tolerance(spec.tolerance, strict=strict, atol=options.atol, rtol=options.rtol,
                               tf32=options.precision == "tf32")
         mask = inputs.get("attention_mask")
-        report = localize(models["torch"], models["tf"], list(spec.inputs_for("torch", inputs).values()),
-                          list(spec.inputs_for("tf", inputs).values()), tolerance=tol, reference=src, port=port,
-                          onnx_files=files, mask=mask if mask is not None and mask.ndim == 2 else None,
-                          threads=options.threads)
+        t_in, k_in = spec.inputs_for("torch", inputs), spec.inputs_for("tf", inputs)
+        report = localize(models["torch"], models["tf"], list(t_in.values()), list(k_in.values()), tolerance=tol,
+                          reference=src, port=port, onnx_files=files,
+                          mask=mask if mask is not None and mask.ndim == 2 else None, threads=options.threads,
+                          device=place, input_names={"torch": list(t_in), "tf": list(k_in)})
         result.layers = report
         if want_layers and not report.passed:
             result.passed = False
@@ -82,7 +108,7 @@ def diagnose(result: Any, options: Any, *, spec: Any, models: Mapping[str, Any],
 
         progress("comparing gradients of the same loss in both twins")
         grads = gradient_parity(spec, models["torch"], models["tf"], inputs, loss=getattr(options, "loss", "mse"),
-                                seed=options.seed, strict=strict, reference=src)
+                                seed=options.seed, strict=strict, reference=src, device=place)
         result.gradients = grads
         result.passed = result.passed and grads.passed
     if steps:
@@ -92,7 +118,7 @@ def diagnose(result: Any, options: Any, *, spec: Any, models: Mapping[str, Any],
         progress(f"training both twins {steps} steps with {' and '.join(names)}")
         training = train_parity(spec, models["torch"], models["tf"], steps=steps, optimizers=names,
                                 batch=options.batch, seed=options.seed, loss=getattr(options, "loss", "mse"),
-                                strict=strict, reference=src)
+                                strict=strict, reference=src, device=place)
         result.training = training
         result.passed = result.passed and training.passed
 

@@ -80,7 +80,7 @@ def variance_recorder(torch_model: Any) -> tuple[dict[str, list[tuple[np.ndarray
             if mod.training:
                 x = args[0].detach().double()
                 var = x.var(dim=[0, *range(2, x.ndim)], unbiased=False)
-                seen.setdefault(name, []).append((var.numpy(), int(x.numel() // x.shape[1])))
+                seen.setdefault(name, []).append((var.cpu().numpy(), int(x.numel() // x.shape[1])))
         return record
 
     norms = [(n, m) for n, m in torch_model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]

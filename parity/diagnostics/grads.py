@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from parity.diagnostics.batch import MIN_VALUES_PER_CHANNEL, BatchChoice, batchnorm_stats, choose_batch
+from parity.diagnostics.device import Placement, as_placement, keras_placed, torch_placed
 from parity.diagnostics.rows import ParamRow, compare_slot, layer_scales, param_table
 from parity.diagnostics.slots import Slot, pair_layers, parameter_slots, read_slots
 from parity.diagnostics.steps import (
@@ -103,12 +104,22 @@ def grad_tolerance(tolerance: Any, strict: bool = False) -> tuple[float, float, 
 
 def gradient_parity(spec: Any, torch_model: Any, keras_model: Any, inputs: Mapping[str, np.ndarray], *,
                     loss: str = "mse", seed: int = 0, strict: bool = False, reference: str = "torch",
-                    min_values: int = MIN_VALUES_PER_CHANNEL) -> GradReport:
+                    min_values: int = MIN_VALUES_PER_CHANNEL, device: str | Placement = "cpu") -> GradReport:
     """Gradients of the same loss on the same batch in both twins (``inputs`` in torch layout; a
     larger seeded batch from ``spec`` when BatchNorm needs it, see ``choose_batch``).
 
-    The twins are left as they were (weights, running statistics, modes).
+    ``device``: where each twin runs ('cpu', 'cuda', or a ``Placement`` per framework); the
+    torch twin runs as a copy there when it is elsewhere. The twins are left as they were
+    (device, weights, running statistics, modes).
     """
+    place = as_placement(device)
+    with torch_placed(torch_model, place.torch) as there, keras_placed(place.tf):
+        return _gradients(spec, there, keras_model, inputs, loss, seed, strict, reference, min_values)
+
+
+def _gradients(spec: Any, torch_model: Any, keras_model: Any, inputs: Mapping[str, np.ndarray], loss: str, seed: int,
+               strict: bool, reference: str, min_values: int) -> GradReport:
+    """``gradient_parity`` with the twins in place."""
     batch = int(next(iter(inputs.values())).shape[0])
     choice = choose_batch(spec, torch_model, batch, seed, min_values)
     if choice.used != batch:

@@ -5,7 +5,9 @@ dropout off: dropout draws from each framework's own random stream, and no seed 
 the two streams equal. The loss is the mean squared error against seeded targets
 (``mse``, any output) or the cross-entropy on seeded labels (``xent``, one (batch,
 classes) logits output), in float32; ``torch_step_float64`` runs the torch twin's step
-in float64, to measure how far float32 rounding moves the torch gradients.
+in float64, to measure how far float32 rounding moves the torch gradients. The torch
+steps run on the torch model's device (``parity.diagnostics.device``); the Keras step
+wherever the enclosing ``tf.device`` scope puts it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from parity.diagnostics.device import to_device
 from parity.errors import UsageError
 
 LOSSES = ("mse", "xent")
@@ -79,8 +82,9 @@ class Loss:
         import torch.nn.functional as F
 
         if self.kind == "xent":
-            return F.cross_entropy(outputs[0], torch.from_numpy(self.torch_targets[0]))
-        return sum(F.mse_loss(o, torch.from_numpy(t)) for o, t in zip(outputs, self.torch_targets, strict=True))
+            return F.cross_entropy(outputs[0], torch.from_numpy(self.torch_targets[0]).to(outputs[0].device))
+        return sum(F.mse_loss(o, torch.from_numpy(t).to(o.device))
+                   for o, t in zip(outputs, self.torch_targets, strict=True))
 
     def keras(self, outputs: Sequence[Any]) -> Any:
         from keras import ops
@@ -115,15 +119,13 @@ def make_loss(spec: Any, kind: str, batch: int, seed: int, step: int = 0) -> Los
 
 
 def torch_step(model: Any, inputs: Sequence[np.ndarray], loss: Loss) -> tuple[float, dict[int, np.ndarray]]:
-    """Forward, loss and backward in torch: the loss and every parameter's gradient (by id)."""
-    import torch
-
+    """Forward, loss and backward in torch on the model's device: the loss and every parameter's gradient (by id)."""
     model.zero_grad(set_to_none=True)
-    out = model(*[torch.from_numpy(np.ascontiguousarray(a)) for a in inputs])
+    out = model(*to_device(inputs, model))
     value = loss.torch(out if isinstance(out, (tuple, list)) else [out])
     value.backward()
-    grads = {id(p): (p.grad.detach().numpy().copy() if p.grad is not None else np.zeros(tuple(p.shape), np.float32))
-             for p in model.parameters()}
+    grads = {id(p): (p.grad.detach().cpu().numpy().copy() if p.grad is not None
+                     else np.zeros(tuple(p.shape), np.float32)) for p in model.parameters()}
     return float(value.detach()), grads
 
 
@@ -146,13 +148,11 @@ def keras_step(model: Any, inputs: Sequence[np.ndarray], loss: Loss) -> tuple[fl
 def torch_step_float64(model: Any, inputs: Sequence[np.ndarray], loss: Loss) -> dict[int, np.ndarray]:
     """The gradients of ``torch_step`` computed in float64 on a copy of ``model``, keyed by the ids of
     ``model``'s own parameters: float32 rounding is what separates them from ``torch_step``'s."""
-    import torch
-
-    twin = copy.deepcopy(model).double()  # the copy keeps each module's mode (dropout stays off)
+    twin = copy.deepcopy(model).double()  # the copy keeps each module's mode (dropout stays off) and device
     wide = [a.astype(np.float64) if np.issubdtype(a.dtype, np.floating) else a for a in inputs]
     targets = [t.astype(np.float64) if np.issubdtype(t.dtype, np.floating) else t for t in loss.torch_targets]
     twin.zero_grad(set_to_none=True)
-    out = twin(*[torch.from_numpy(np.ascontiguousarray(a)) for a in wide])
+    out = twin(*to_device(wide, twin))
     dataclasses.replace(loss, torch_targets=targets).torch(out if isinstance(out, (tuple, list)) else [out]).backward()
-    return {id(p): (q.grad.detach().numpy().copy() if q.grad is not None else np.zeros(tuple(p.shape)))
+    return {id(p): (q.grad.detach().cpu().numpy().copy() if q.grad is not None else np.zeros(tuple(p.shape)))
             for p, q in zip(model.parameters(), twin.parameters(), strict=True)}

@@ -90,6 +90,7 @@ from parity.diagnostics.alignment import (
     variance_recorder,
 )
 from parity.diagnostics.batch import MIN_VALUES_PER_CHANNEL, BatchChoice, choose_batch
+from parity.diagnostics.device import Placement, as_placement, keras_placed, torch_placed
 from parity.diagnostics.optimizers import (
     DEFAULT_EPSILON,
     GAP_OVER_ROUNDING,
@@ -115,13 +116,25 @@ F32_EPS = float(np.finfo(np.float32).eps)
 def train_parity(spec: Any, torch_model: Any, keras_model: Any, *, steps: int = 5,
                  optimizers: Sequence[OptimizerConfig | str] = OPTIMIZERS, batch: int = 2, seed: int = 0,
                  loss: str = "mse", strict: bool = False, reference: str = "torch",
-                 min_values: int = MIN_VALUES_PER_CHANNEL) -> TrainingReport:
-    """``steps`` optimizer steps per optimizer in both twins; see the module docstring."""
+                 min_values: int = MIN_VALUES_PER_CHANNEL, device: str | Placement = "cpu") -> TrainingReport:
+    """``steps`` optimizer steps per optimizer in both twins; see the module docstring.
+
+    ``device``: where each twin trains ('cpu', 'cuda', or a ``Placement`` per framework); the
+    torch twin is trained on a copy there when it is elsewhere, so the caller's stays put.
+    """
     if steps < 1:
         raise UsageError(f"--train-steps must be at least 1, got {steps}")
     configs = [default_optimizer(o) if isinstance(o, str) else o for o in optimizers]
     if not configs:
         raise UsageError("no optimizer to train with; choose sgd, adam or both")
+    place = as_placement(device)
+    with torch_placed(torch_model, place.torch) as there, keras_placed(place.tf):
+        return _train(spec, there, keras_model, steps, configs, batch, seed, loss, strict, reference, min_values)
+
+
+def _train(spec: Any, torch_model: Any, keras_model: Any, steps: int, configs: Sequence[OptimizerConfig], batch: int,
+           seed: int, loss: str, strict: bool, reference: str, min_values: int) -> TrainingReport:
+    """``train_parity`` with the twins in place."""
     choice: BatchChoice = choose_batch(spec, torch_model, batch, seed, min_values)
     used = choice.used
     batches = [spec.example_inputs(used, seed + 1000 + t) for t in range(steps)]
@@ -172,7 +185,7 @@ def _run(spec: Any, torch_model: Any, keras_model: Any, cfg: OptimizerConfig, ba
     growth = 1.0 if strict else float(n)
 
     def torch_values() -> dict[int, np.ndarray]:
-        return {id(p): p.detach().numpy().copy() for p in [*torch_model.parameters(), *torch_model.buffers()]}
+        return {id(p): p.detach().cpu().numpy().copy() for p in [*torch_model.parameters(), *torch_model.buffers()]}
 
     def keras_values() -> dict[int, np.ndarray]:
         return {id(v): np.asarray(v.numpy()).copy() for v in keras_model.weights}

@@ -27,4 +27,25 @@ def make_runner(kind: str, **options: object) -> Runner:
     raise ValueError(f"unknown runner {kind!r}; expected one of {', '.join(RUNNERS)}")
 
 
-__all__ = ["RUNNERS", "Device", "Precision", "Runner", "make_runner"]
+def check_device(device: str, kinds: tuple[str, ...] = RUNNERS) -> None:
+    """Fail now, with the reason, when a runner of ``kinds`` could not run on ``device`` (e.g. 'cuda'
+    without a GPU): a check can call it before it builds, exports and ports anything."""
+    if device not in ("auto", "cpu", "cuda"):
+        make_runner("torch", device=device)  # the one UsageError for an unknown device
+    if device != "cuda":
+        return
+    if "torch" in kinds:
+        from parity.runners.torch_runner import resolve_device
+
+        resolve_device(device)
+    if "tf" in kinds:
+        from parity.runners.tf_runner import resolve_device as tf_resolve_device
+
+        tf_resolve_device(device)
+    if "ort" in kinds:
+        from parity.runners.ort_runner import providers_for
+
+        providers_for(device, "fp32")
+
+
+__all__ = ["RUNNERS", "Device", "Precision", "Runner", "check_device", "make_runner"]

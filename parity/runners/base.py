@@ -20,7 +20,12 @@ class Runner(ABC):
     """Run named numpy inputs through a model and return named numpy outputs.
 
     Subclasses implement ``_prepare`` (place the model, apply threads and precision)
-    and ``_run`` (one forward pass). ``device_used`` says where it actually ran.
+    and ``_run`` (one forward pass); ``_bind`` may check the names once they are known.
+    ``device_used`` says where it actually ran (a GPU's name or "cpu"), ``device_type``
+    which kind of device that is ("cuda" or "cpu"): the diagnostics run there too.
+
+    The contract: a runner never changes the caller's model (its device, training
+    mode, parameters or buffers); it runs a copy or restores what it changed.
     """
 
     name: str = "runner"
@@ -36,6 +41,7 @@ class Runner(ABC):
         self.threads = threads
         self.precision = precision
         self.device_used: str | None = None
+        self.device_type: str | None = None
         self.input_names: list[str] = []
         self.output_names: list[str] = []
         self.settings: dict[str, Any] = {}
@@ -48,9 +54,11 @@ class Runner(ABC):
             self.input_names = list(input_names)
         if output_names is not None:
             self.output_names = list(output_names)
+        self._bind()
         return self
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One forward pass of ``inputs`` (by name); the outputs by name, as float32 numpy arrays."""
         if self.device_used is None:
             raise RuntimeError(f"{self.name} runner: call prepare() before run()")
         missing = [n for n in self.input_names if n not in inputs]
@@ -75,6 +83,11 @@ class Runner(ABC):
     @abstractmethod
     def _run(self, inputs: list[np.ndarray]) -> list[np.ndarray]: ...
 
+    def _bind(self) -> None:
+        """Check ``input_names``/``output_names`` against the model (after ``prepare`` set them); default: nothing."""
+        return None
+
     def describe(self) -> dict[str, Any]:
-        return {"runner": self.name, "device": self.device_used, "threads": self.threads,
-                "precision": self.precision, **self.settings}
+        """Where and how it ran: runner, device, device_type, threads, precision and its settings."""
+        return {"runner": self.name, "device": self.device_used, "device_type": self.device_type,
+                "threads": self.threads, "precision": self.precision, **self.settings}

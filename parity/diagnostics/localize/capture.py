@@ -43,10 +43,12 @@ def _to_numpy_torch(out: Any, module: Any) -> np.ndarray | None:
 
 
 def capture_torch(model: Any, inputs: Sequence[np.ndarray]) -> Capture:
-    """Every named module's output at its first call, in completion order."""
+    """Every named module's output at its first call, in completion order; in eval mode, as the
+    runner runs it (each module's own mode is put back afterwards)."""
     from torch import nn
 
     from converters.torch_hooks import run_with_hooks
+    from parity.runners.torch_runner import eval_mode
 
     cap = Capture({}, [], {})
     hooked = []
@@ -75,7 +77,8 @@ def capture_torch(model: Any, inputs: Sequence[np.ndarray]) -> Capture:
                                                                         nn.modules.batchnorm._BatchNorm)):
             cap.channels_first.add(name)
         hooked.append((name, module))
-    run_with_hooks(model, inputs, hooked, hook)
+    with eval_mode(model):
+        run_with_hooks(model, inputs, hooked, hook)
     return cap
 
 

@@ -161,12 +161,16 @@ class OrtCapture:
 
 
 def capture_ort(path: str | Path, feeds: Sequence[np.ndarray], tensors: Mapping[str, str],
-                threads: int | None = None) -> OrtCapture:
+                threads: int | None = None, providers: Sequence[Any] | None = None,
+                input_names: Sequence[str] | None = None) -> OrtCapture:
     """Read ``tensors`` (key -> tensor name) from ONNX Runtime as extra graph outputs.
 
     A session with the check's options (full graph optimisation) reads the tensors its
     optimiser keeps; its final outputs are compared bit for bit with a session without
-    extra outputs. Tensors fused away are read from an unoptimised session.
+    extra outputs. Tensors fused away are read from an unoptimised session. ``providers``:
+    ONNX Runtime's execution providers (default: the CPU), as the check's runner used them.
+    ``input_names``: the name of each feed; ONNX Runtime is fed by name (without them, the
+    feeds are taken in the graph's input order).
     """
     import onnx
     import onnxruntime as ort
@@ -175,11 +179,13 @@ def capture_ort(path: str | Path, feeds: Sequence[np.ndarray], tensors: Mapping[
 
     model = onnx.load(str(path))
     names = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
-    if len(names) != len(feeds):
-        raise UsageError(f"{path}: the graph takes {len(names)} inputs ({names}), {len(feeds)} were given")
-    feed = dict(zip(names, [np.ascontiguousarray(f) for f in feeds], strict=True))
+    given = list(input_names) if input_names is not None else names
+    if len(given) != len(feeds) or sorted(given) != sorted(names):
+        raise UsageError(f"{path}: the graph's inputs are {names}; {len(feeds)} were given"
+                         + (f", named {given}" if input_names is not None else ""))
+    feed = dict(zip(given, [np.ascontiguousarray(f) for f in feeds], strict=True))
     final = [o.name for o in model.graph.output]
-    providers = ["CPUExecutionProvider"]
+    providers = list(providers or ["CPUExecutionProvider"])
     with tempfile.TemporaryDirectory(prefix="parity-ort-") as tmp:
         opts = session_options(threads)
         opts.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")

@@ -11,6 +11,7 @@ import numpy as np
 
 from converters.report import PortReport
 from parity.compare import compare
+from parity.diagnostics.device import Placement, as_placement, keras_placed, ort_providers, torch_placed
 from parity.diagnostics.localize.alignment import Pair, align
 from parity.diagnostics.localize.capture import Capture, capture_keras, capture_torch
 from parity.diagnostics.localize.layouts import to_layout
@@ -29,7 +30,9 @@ from parity.errors import UsageError
 def localize(torch_model: Any, keras_model: Any, torch_inputs: Sequence[np.ndarray],
              keras_inputs: Sequence[np.ndarray], *, tolerance: DepthTolerance, reference: str = "torch",
              port: PortReport | None = None, onnx_files: Mapping[str, str | Path] | None = None,
-             mask: np.ndarray | None = None, threads: int | None = None) -> LayerReport:
+             mask: np.ndarray | None = None, threads: int | None = None,
+             device: str | Placement = "cpu",
+             input_names: Mapping[str, Sequence[str]] | None = None) -> LayerReport:
     """Compare the twins (and ONNX Runtime) layer by layer; see the package docstring.
 
     ``torch_inputs`` and ``keras_inputs`` are the same batch in each framework's layout,
@@ -38,7 +41,11 @@ def localize(torch_model: Any, keras_model: Any, torch_inputs: Sequence[np.ndarr
     ``onnx_files`` ({"torch": path, "tf": path}, either optional) for the port mapping to
     give ONNX Runtime tensors. ``mask`` (B, L): pad steps of recurrent layers are zeroed
     in every runtime before comparing (torch's packed sequences and Keras's masked
-    RNNs leave different values there, which no valid output depends on).
+    RNNs leave different values there, which no valid output depends on). ``device``: where
+    each runtime runs ('cpu', 'cuda', or a ``Placement`` per framework, as the check's runners
+    ran); the torch twin runs as a copy there when it is elsewhere. ``input_names``: per
+    framework ({"torch": [...], "tf": [...]}), the names of its inputs in the order given,
+    by which ONNX Runtime is fed (default: the graph's input order).
     """
     import onnx
 
@@ -49,8 +56,11 @@ def localize(torch_model: Any, keras_model: Any, torch_inputs: Sequence[np.ndarr
     source = {"torch": "tf", "tf": "torch"}.get(target or "")
     onnx_files = dict(onnx_files or {})
 
-    tcap = capture_torch(torch_model, torch_inputs)
-    kcap = capture_keras(keras_model, keras_inputs)
+    place = as_placement(device)
+    with torch_placed(torch_model, place.torch) as there, keras_placed(place.tf):
+        tcap = capture_torch(there, torch_inputs)
+        kcap = capture_keras(keras_model, keras_inputs)
+    providers = ort_providers(place)
     notes: list[str] = []
     source_names: dict[str, str | None] = {}
     ort_values: dict[str, dict[tuple[str, str], np.ndarray]] = {}
@@ -74,7 +84,8 @@ def localize(torch_model: Any, keras_model: Any, torch_inputs: Sequence[np.ndarr
         if not reqs:
             continue
         feeds = torch_inputs if fw == "torch" else keras_inputs
-        got = capture_ort(onnx_files[fw], feeds, {f"{a}\0{b}": t.tensor for (a, b), t in reqs.items()}, threads)
+        got = capture_ort(onnx_files[fw], feeds, {f"{a}\0{b}": t.tensor for (a, b), t in reqs.items()}, threads,
+                          providers=providers, input_names=(input_names or {}).get(fw))
         label = f"ort-{fw}"
         ort_values[label] = {tuple(k.split("\0", 1)): v for k, v in got.values.items()}  # type: ignore[misc]
         ort_optimized[label] = {tuple(k.split("\0", 1)) for k in got.optimized}  # type: ignore[misc]

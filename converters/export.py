@@ -20,6 +20,7 @@ import numpy as np
 
 from converters.errors import ConversionError
 from converters.files import atomic_path
+from converters.torch_hooks import eval_mode
 
 # One opset for every exporter: tf2onnx supports up to 18, and the torch exporters
 # produce 18 natively, so graphs from both sides use the same operator semantics.
@@ -95,10 +96,9 @@ def export_torch(
         raise ConversionError(f"unknown torch exporter {exporter!r}; choose one of {', '.join(TORCH_EXPORTERS)}")
     path = Path(path)
     args = tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in example_inputs)
-    model = model.eval()
     what = f"torch {exporter} export of {type(model).__name__}"
     with atomic_path(path, suffix=".onnx") as tmp, warnings.catch_warnings(), \
-            contextlib.redirect_stdout(io.StringIO()):
+            contextlib.redirect_stdout(io.StringIO()), eval_mode(model):  # the caller's modes come back after
         warnings.simplefilter("ignore")
         if exporter == "dynamo":
             dims = None

@@ -6,7 +6,8 @@ used by the layer-order trace, localisation and the training diagnostics.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,20 @@ HookFactory = Callable[[str], Callable[..., None]]  # module name -> the hook fo
 def as_torch_inputs(inputs: Sequence[np.ndarray]) -> list[Any]:
     import torch
 
-    return [torch.from_numpy(np.ascontiguousarray(a)) for a in inputs]
+    # writable and contiguous: torch.from_numpy warns on read-only arrays (np.load of an .npz, memmaps)
+    return [torch.from_numpy(np.require(a, requirements=["C", "W"])) for a in inputs]
+
+
+@contextmanager
+def eval_mode(model: Any) -> Iterator[Any]:
+    """``model`` in eval mode for the duration; every module's own training flag is put back afterwards."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, flag in modes:
+            m.training = flag
 
 
 def attach(modules: Iterable[tuple[str, Any]], make_hook: HookFactory, *, pre: bool = False) -> list[Any]:

@@ -25,9 +25,11 @@ def print_progress(message: str) -> None:
 @contextlib.contextmanager
 def _torch_state_kept(*models: Any) -> Iterator[None]:
     """Put torch models in eval mode for the check; give back each module's mode and the device after."""
+    from parity.check.user_inputs import framework_of
+
     kept = []
     for model in models:
-        if type(model).__module__.startswith("keras") or not hasattr(model, "modules"):
+        if framework_of(model) != "torch":
             continue
         params = list(model.parameters()) + list(model.buffers())
         kept.append((model, {m: m.training for m in model.modules()}, params[0].device if params else None))

@@ -102,9 +102,11 @@ def test_layer_names_decide_where_graph_order_differs() -> None:
     pair = PAIRS["swapped_inputs"]
     keras_model = pair.keras(1)
     assert [t.name for t in target_layers(keras_model)] == ["enc_b", "enc_a", "head"]
-    report = port_model(pair.torch(0), keras_model, pair.torch_inputs(pair.arrays()))
-    for layer in report.layers:
-        assert any(layer.target in name for name in layer.onnx_nodes) or layer.target == "head", layer
+    torch_model = pair.torch(0)
+    report = port_model(torch_model, keras_model, pair.torch_inputs(pair.arrays()))
+    for name in ("enc_a", "enc_b"):
+        np.testing.assert_array_equal(keras_model.get_layer(name).kernel.numpy(),
+                                      getattr(torch_model, name).weight.detach().numpy().T)
     assert any("carries its name" in w for w in report.warnings)  # says that names overrode graph order
 
 
@@ -169,15 +171,28 @@ def _export(name: str, variant: str, folder: Path) -> tuple[Path, dict[str, np.n
     return _EXPORTS[name, variant]
 
 
-OPTIMISED = [
-    # (zoo model, source: torch export / lossless torch export / tf2onnx, how the file was rewritten)
-    *[(m, v, h) for m in ("bert", "resnet18", "cnn", "lstm") for v in ("torch", "torch-lossless", "tf")
-      for h in ("onnxsim", "onnxslim", "ort-basic", "ort-extended")],
-    ("gru", "tf", "ort-basic"),  # ORT fuses the Keras GRU loop body's MatMul + bias Add into a Gemm
-]
+# (zoo model, source: torch export / lossless torch export / tf2onnx, how the file was rewritten).
+# In every run, one case per rewrite that used to fail (the reason beside it); the whole matrix
+# over bert, resnet18, cnn and lstm is marked slow (about 100 s on 2 cores).
+FAST = {
+    ("bert", "torch-lossless", "onnxslim"): "the position lookup folded into the rows it used",
+    ("bert", "tf", "onnxsim"): "Q, K and V merged into one MatMul + Split",
+    ("bert", "torch-lossless", "ort-extended"): "SkipLayerNormalization holding the dense bias; FusedGemm",
+    ("cnn", "tf", "onnxsim"): "a BatchNorm's scale folded into the conv, its shift left as an Add",
+    ("cnn", "tf", "ort-extended"): "FusedConv, unknown to shape inference, before a Flatten (rows permuted)",
+    ("resnet18", "torch", "ort-extended"): "FusedConv with a residual input",
+    ("resnet18", "torch-lossless", "onnxslim"): "BatchNorms folded by the simplifier",
+    ("lstm", "tf", "ort-extended"): "an LSTM from a Keras loop, optimised",
+    ("gru", "tf", "ort-basic"): "the Keras GRU loop body's MatMul + bias Add fused into a Gemm",
+}
+OPTIMISED = [pytest.param(*case, id="-".join(case), marks=() if case in FAST else pytest.mark.slow)
+             for case in [*FAST, *[(m, v, h) for m in ("bert", "resnet18", "cnn", "lstm")
+                                   for v in ("torch", "torch-lossless", "tf")
+                                   for h in ("onnxsim", "onnxslim", "ort-basic", "ort-extended")
+                                   if (m, v, h) not in FAST]]]
 
 
-@pytest.mark.parametrize(("name", "variant", "how"), OPTIMISED, ids=["-".join(c) for c in OPTIMISED])
+@pytest.mark.parametrize(("name", "variant", "how"), OPTIMISED)
 def test_port_from_an_optimised_file(name: str, variant: str, how: str, tmp_path_factory: pytest.TempPathFactory) -> None:
     """Simplifiers fold BERT's position lookup, merge Q/K/V into one MatMul + Split, fold a BatchNorm's
     scale into the conv but leave its shift; ORT writes FusedConv/FusedGemm/SkipLayerNormalization

@@ -55,6 +55,19 @@ def test_torch_runner_leaves_the_callers_model_as_it_was() -> None:
     np.testing.assert_array_equal(out["logits"], eval_out["logits"])  # it ran in eval mode all the same
 
 
+@pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
+def test_export_leaves_the_callers_modes_and_weights_as_they_were(exporter: str, tmp_path: Path) -> None:
+    from converters.export import export_model
+
+    spec = zoo.get("cnn")
+    model = spec.build_torch(0).train()
+    before = torch_state(model)
+    inputs = list(spec.inputs_for("torch", spec.example_inputs(2, 0)).values())
+    export_model(model, "torch", inputs, tmp_path / "m.onnx", input_names=spec.input_names,
+                 output_names=spec.output_names, exporter=exporter, lossless=True)
+    assert torch_state(model) == before
+
+
 def test_placing_on_another_device_copies_and_never_moves_the_callers_model() -> None:
     """``placed`` on the meta device (stands in for a GPU here): a copy there, tied weights still tied."""
     import torch

@@ -103,6 +103,9 @@ def given_input(name: str, value: Any) -> Given:
             raise UsageError(f"input {name!r}: an array needs a batch dimension, got a scalar")
         return Given(arr, tuple(arr.shape[1:]), str(arr.dtype))
     if isinstance(value, TensorSpec):
+        defaults = (value.low, value.high) == (-1.0, 1.0)  # TensorSpec's float range: not meant for ids
+        if np.dtype(value.dtype).kind != "f" and defaults:
+            return Given(None, tuple(value.shape), value.dtype)
         return Given(None, tuple(value.shape), value.dtype, value.low, value.high)
     if _is_shape(value):
         if any(d < 1 for d in value):

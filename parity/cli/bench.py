@@ -247,6 +247,7 @@ def format_table(result: Mapping[str, Any]) -> str:
     rows = [_row(c, _fastest_runtime(cells, c["batch"])) for c in sorted(cells, key=lambda c: c["batch"])]
     measured = [r for r in rows if len(r) == len(_COLUMNS)]
     widths = [max([len(h), *(len(r[i]) for r in measured)]) for i, h in enumerate(_COLUMNS)]
+    widths[1] = max([widths[1], *(len(r[1]) for r in rows)])  # skipped rows name their runtime too
     lines = [_header(result), "  ".join(h.rjust(w) if i != 1 else h.ljust(w)
                                         for i, (h, w) in enumerate(zip(_COLUMNS, widths, strict=True)))]
     previous = None

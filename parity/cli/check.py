@@ -70,8 +70,7 @@ def add_command(sub: Any) -> None:
     diag.add_argument("--plot", type=Path, metavar="PATH", help="plot layer error against depth (log scale) to PATH")
     diag.add_argument("--strict-tolerances", action="store_true",
                       help="take tolerances as given at every layer and step (no growth with depth or steps)")
-    add_user_model_arguments(check)
-    check.add_argument_group("your own models").add_argument(
+    add_user_model_arguments(check).add_argument(
         "--compare-only", dest="port", action="store_false",
         help="do not port: compare the two models with the weights they have")
     check.set_defaults(handler=cmd_check)

@@ -146,6 +146,7 @@ def _port_own(args: argparse.Namespace, target_fw: str) -> int:
     from parity.cli.own_models import load_models, pair, torch_target_inputs
 
     option = {"torch": "--torch pkg.module:factory", "tf": "--keras FILE|pkg.module:factory"}
+    notes: list[str] = []
     given = {"torch": args.torch, "tf": args.keras}
     if args.onnx is not None:
         if not given[target_fw]:
@@ -177,8 +178,9 @@ def _port_own(args: argparse.Namespace, target_fw: str) -> int:
         target_inputs = list(spec.inputs_for(target_fw, inputs).values())
         report, weights = _port_and_write(args, source, target, target_fw, source_inputs, target_inputs, out,
                                           input_names=list(spec.inputs_for(args.source, inputs)))
+        notes = list(described.notes)  # how the inputs were paired and laid out
     name = args.torch if target_fw == "torch" else args.keras
-    _print_summary(report, f"the {'torch' if target_fw == 'torch' else 'Keras'} model {name}", weights, out)
+    _print_summary(report, f"the {'torch' if target_fw == 'torch' else 'Keras'} model {name}", weights, out, notes)
     return 0
 
 
@@ -202,7 +204,7 @@ def _port_and_write(args: argparse.Namespace, source: Any, target: Any, target_f
     return report, weights
 
 
-def _print_summary(report: Any, into: str, weights: Path, out: Path) -> None:
+def _print_summary(report: Any, into: str, weights: Path, out: Path, notes: list[str] | None = None) -> None:
     exact = sum(1 for x in report.layers if x.exact)
     print(f"ported {len(report.layers)} layers into {into} ({exact} exact, {len(report.layers) - exact} "
           "inference-only)")
@@ -210,4 +212,6 @@ def _print_summary(report: Any, into: str, weights: Path, out: Path) -> None:
         print(f"  warning: {w}")
     for f in report.lint:
         print(f"  semantic mismatch: {f.message}")
+    for note in notes or []:
+        print(f"  note: {note}")
     print(f"wrote {weights}, {out / 'source.onnx'}, {out / 'port_report.json'}")

@@ -191,8 +191,8 @@ def load_npz_inputs(path: str | Path) -> dict[str, np.ndarray]:
     return arrays
 
 
-def add_user_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--torch``, ``--keras``, ``--input`` (repeatable) and ``--inputs`` on ``parser``."""
+def add_user_model_arguments(parser: argparse.ArgumentParser) -> Any:
+    """``--torch``, ``--keras``, ``--input`` (repeatable) and ``--inputs`` on ``parser``; returns their group."""
     group = parser.add_argument_group(
         "your own models (instead of a zoo name; importing a module runs its code)")
     group.add_argument("--torch", metavar="MODULE:FACTORY",
@@ -207,6 +207,7 @@ def add_user_model_arguments(parser: argparse.ArgumentParser) -> None:
                             "inferred from the models if left out")
     group.add_argument("--inputs", dest="inputs_npz", type=Path, metavar="DATA.npz",
                        help="real inputs by name (in the source's layout, batch included) instead of seeded noise")
+    return group
 
 
 def _input_type(text: str) -> InputArg:

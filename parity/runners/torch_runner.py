@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import inspect
 import itertools
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
 
+from converters.torch_hooks import eval_mode
 from parity.errors import DeviceUnavailableError, UsageError
 from parity.runners.base import Runner
 
@@ -78,18 +77,6 @@ def placed(model: torch.nn.Module, device: str) -> torch.nn.Module:
         raise UsageError(f"to run {type(model).__name__} on {target} without moving your model, parity copies it, and "
                          f"it cannot be copied ({type(exc).__name__}: {exc}); move the model to {target} yourself"
                          ) from exc
-
-
-@contextlib.contextmanager
-def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
-    """``model`` in eval mode for the duration; every module's own training flag is put back afterwards."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, flag in modes:
-            m.training = flag
 
 
 class TorchRunner(Runner):

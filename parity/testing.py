@@ -23,7 +23,7 @@ def failure_message(result: CheckResult) -> str:
     if any(part is not None for part in (result.layers, result.gradients, result.training)):
         lines.append(format_diagnostics(result))
     first = result.layers.first_divergence if result.layers is not None else None
-    lines.append("" if first else
+    lines.append(f"first diverging layer: {first}" if first else
                  "first diverging layer: none found (every compared layer is within tolerance)")
     return "\n".join(lines)
 

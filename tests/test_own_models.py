@@ -125,7 +125,9 @@ def _square_pair() -> tuple[Any, Any]:
 
 def test_an_ambiguous_layout_is_an_error_that_says_what_to_state() -> None:
     torch_sq, keras_sq = _square_pair()
-    with pytest.raises(UsageError, match=r"ambiguous; state it: input_layouts=\{'input': 'NCHW'\}"):
+    with pytest.raises(UsageError, match=r"torch shape \(4, 4, 4\) fits the Keras input \(4, 4, 4\) both as is and "
+                                         r"channels-last, so its layout is ambiguous; state it: "
+                                         r"input_layouts=\{'input': 'NCHW'\}"):
         user_pair(torch_sq, keras_sq, {"input": (4, 4, 4)})
     assert user_pair(torch_sq, keras_sq, {"input": (4, 4, 4)}, input_layouts={"x": "NCHW"}).spec.inputs[0].layout \
         == "NCHW"  # stated by either side's name
@@ -263,11 +265,13 @@ def test_cli_parity_failure_exits_1_and_names_the_layer() -> None:
 @pytest.mark.parametrize(("argv", "message"), [
     (["--keras", "own_models_example:keras_too_wide", "--input", "x:3x8x8"],
      "first mismatching layer: target tf layer 'fc'"),
+    (["--keras", "own_models_example:keras_too_wide", "--input", "x:3x8x8", "--compare-only"],
+     "the torch model returns shape (10,), the Keras model (12,)"),
     (["--keras", "examples.own_models:keras_model", "--input", "x:3xq"], "is not dimensions joined by 'x'"),
     (["--keras", "no_such_module:model", "--input", "x:3x8x8"], "no module named 'no_such_module'"),
     (["--keras", "examples.own_models:keras_model"], "give the inputs: --input"),
     (["--keras", "examples.own_models:keras_model", "--input", "x:3x8x8", "--preset", "small"], "for zoo models"),
-], ids=["mismatched-pair", "bad-shape", "no-module", "no-inputs", "zoo-option"])
+], ids=["mismatched-pair", "mismatched-outputs", "bad-shape", "no-module", "no-inputs", "zoo-option"])
 def test_cli_usage_errors_exit_2(argv: list[str], message: str) -> None:
     code, out, err = run_cli(["check", "--torch", "examples.own_models:torch_model", *argv])
     assert code == 2 and message in err, out + err

@@ -181,8 +181,7 @@ FAST = {
     ("cnn", "tf", "onnxsim"): "a BatchNorm's scale folded into the conv, its shift left as an Add",
     ("cnn", "tf", "ort-extended"): "FusedConv, unknown to shape inference, before a Flatten (rows permuted)",
     ("resnet18", "torch", "ort-extended"): "FusedConv with a residual input",
-    ("resnet18", "torch-lossless", "onnxslim"): "BatchNorms folded by the simplifier",
-    ("lstm", "tf", "ort-extended"): "an LSTM from a Keras loop, optimised",
+    ("cnn", "torch-lossless", "ort-extended"): "FusedConv beside a BatchNorm node the optimiser kept",
     ("gru", "tf", "ort-basic"): "the Keras GRU loop body's MatMul + bias Add fused into a Gemm",
 }
 OPTIMISED = [pytest.param(*case, id="-".join(case), marks=() if case in FAST else pytest.mark.slow)

@@ -178,7 +178,7 @@ def load_npz_inputs(path: str | Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise UsageError(f"--inputs {path}: no such file; give an .npz file (np.savez(path, x=array, ...))")
     try:
-        with np.load(path, allow_pickle=True) as data:
+        with np.load(path, allow_pickle=False) as data:
             if not isinstance(data, np.lib.npyio.NpzFile):
                 raise UsageError(f"--inputs {path}: a single .npy array, not an .npz archive of named inputs")
             arrays = {name: data[name] for name in data.files}

@@ -95,6 +95,10 @@ def run_check(options: CheckOptions, *, spec: Any = None, user: UserPair | None 
 
     import torch  # noqa: F401  (torch before TensorFlow in one process)
 
+    from parity.runners import check_device
+
+    check_device(options.device)  # an absent GPU is refused before minutes of export and port
+
     from converters.export import export_model
     from converters.port import port_model
     from converters.report import PortReport

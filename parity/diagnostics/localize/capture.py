@@ -107,10 +107,11 @@ def _probe_keras(model: Any, inputs: list[Any], cap: Capture) -> None:
             out = out[0]
         cls = type(layer).__name__
         cap.kinds[layer.name] = cls
-        if cls in _RNN_KERAS:
+        base = keras_base_name(layer)  # a user's Dense subclass behaves as a Dense here
+        if base in _RNN_KERAS:
             cap.rnn.add(layer.name)
         act = getattr(layer, "activation", None)
-        if cls in _FUSED_ACTIVATION_KERAS and act is not None and act is not keras.activations.linear:
+        if base in _FUSED_ACTIVATION_KERAS and act is not None and act is not keras.activations.linear:
             cap.activation[layer.name] = _numpy_activation(act)
         probes.append((layer.name, out))
         if isinstance(layer, keras.Model):
@@ -139,6 +140,14 @@ def _probe_keras(model: Any, inputs: list[Any], cap: Capture) -> None:
     for layer in nested:
         inner = fed[layer.name]
         _probe_keras(layer, list(inner) if isinstance(inner, (list, tuple)) else [inner], cap)
+
+
+def keras_base_name(layer: Any) -> str:
+    """The name of the first class in ``layer``'s hierarchy that Keras itself defines."""
+    for cls in type(layer).__mro__:
+        if (cls.__module__ or "").startswith("keras"):
+            return cls.__name__
+    return type(layer).__name__
 
 
 def _numpy_activation(fn: Callable[[Any], Any]) -> Callable[[np.ndarray], np.ndarray]:

@@ -2,7 +2,7 @@
 
 The target's parametric layers, in forward order, take the graph's groups (converters.params)
 by kind and shape. Where several groups fit, a group whose ONNX names carry the target
-layer's name (torch's ``fc.weight``, tf2onnx's ``model/fc_1/MatMul``) wins over graph order:
+layer's name (torch's ``fc.weight``, tf2onnx's ``model_1/fc_1/MatMul``) wins over graph order:
 twins share layer names, and graph order differs between frameworks where the forward pass
 is not a chain (a Keras model's layers follow its input order). Two decisions are made from
 the graph rather than from the target's layer order: whether a BatchNorm after a conv-like
@@ -77,26 +77,25 @@ def folded_lookup(target: TargetLayer, group: ParamGroup) -> Tensors | None:
     return {"table": table}
 
 
-_CALL_SUFFIX = re.compile(r"_\d+$")  # Keras names a layer's ops "<layer>_1/...", once per call
+_CALL_SUFFIX = re.compile(r"_\d+$")  # Keras scopes a layer's ops "<layer>_1/...", numbered per call
 
 
-def onnx_names(group: ParamGroup) -> tuple[set[str], set[str]]:
-    """The layer names a group's ONNX nodes and initializers carry: (exact, without a Keras call suffix).
-
-    torch exporters keep parameter paths (``block1.conv1.weight``) and the legacy one scopes
-    nodes (``/block1/conv1/Conv``); tf2onnx scopes by model and layer (``model_1/fc_1/MatMul``).
-    """
-    exact: set[str] = set()
+def onnx_names(group: ParamGroup, source: str) -> set[str]:
+    """The layer names a group's ONNX nodes and initializers carry, read as ``source`` ('torch' or
+    'tf') writes them: torch exporters keep parameter paths (``block1.conv1.weight``) and the legacy
+    one scopes nodes by module path (``/block1/conv1/Conv``); tf2onnx scopes by model and layer with
+    a call number (``model_1/block1.conv1_1/Conv2D``)."""
+    found: set[str] = set()
     for name in [*group.nodes, *group.sources]:
-        name = name.split(":")[0]
-        if "/" in name:
-            parts = [p for p in name.split("/") if p][:-1]  # the last part is the op
-            exact.update(parts[1:] if len(parts) > 1 else parts)  # the first, of several, is the model
-            if parts:
-                exact.add(".".join(parts))  # the legacy exporter's scopes of a nested torch module
-        elif "." in name and not name.startswith("onnx::"):
-            exact.add(name.rsplit(".", 1)[0])  # a torch parameter path
-    return exact, {_CALL_SUFFIX.sub("", n) for n in exact}
+        parts = [p for p in name.split(":")[0].split("/") if p]
+        if len(parts) > 1:  # a scope: the last part is the op
+            if source == "tf":  # the outermost of several scopes is the model's
+                found.update(_CALL_SUFFIX.sub("", p) for p in parts[1 if len(parts) > 2 else 0:-1])
+            else:
+                found.add(".".join(parts[:-1]))
+        elif source == "torch" and "." in name and not name.startswith("onnx::"):
+            found.add(name.rsplit(".", 1)[0])  # a parameter path
+    return found
 
 
 class Matcher:
@@ -108,14 +107,14 @@ class Matcher:
         self.matched: set[int] = set()  # id() of the groups taken
         self.index = {id(g): k for k, g in enumerate(groups)}
         self.upstream = upstream_groups(graph, groups)
-        self.names = {id(g): onnx_names(g) for g in groups}
+        source = "tf" if targets and targets[0].framework == "torch" else "torch"
+        self.names = {id(g): onnx_names(g, source) for g in groups}
         self.target_names = {t.name for t in targets}
         self.notes: list[str] = []  # where names decided against graph order
 
-    def _names(self, group: ParamGroup, name: str) -> int:
-        """2 if ``group`` carries ``name`` exactly, 1 without a Keras call suffix, else 0."""
-        exact, loose = self.names[id(group)]
-        return 2 if name in exact else 1 if name in loose else 0
+    def _names(self, group: ParamGroup, name: str) -> bool:
+        """Whether ``group``'s ONNX names carry the target layer name ``name``."""
+        return name in self.names[id(group)]
 
     def take(self, target: TargetLayer) -> tuple[ParamGroup, Tensors, bool]:
         """The group for ``target``: one that fits and carries its name, else the first that fits
@@ -127,7 +126,7 @@ class Matcher:
             best = max(fits, key=lambda f: self._names(f[0], target.name))
             if not self._names(best[0], target.name):
                 others = self.target_names - {target.name}
-                best = next((f for f in fits if not any(self._names(f[0], n) for n in others)), fits[0])
+                best = next((f for f in fits if not self.names[id(f[0])] & others), fits[0])
             elif best[0] is not fits[0][0]:
                 self.notes.append(f"{target.name}: took {best[0].label}, which carries its name, over "
                                   f"{fits[0][0].label}, which comes first in the graph")

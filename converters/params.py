@@ -120,14 +120,13 @@ def _attach_moved_biases(graph: Graph, groups: list[ParamGroup]) -> list[ParamGr
         if moved is None:
             continue
         bias, sources, inputs = moved
-        owner = next((by_output[i] for i in inputs if i in by_output and by_output[i].tensors.get(
-            "weight" if by_output[i].kind == "conv" else "kernel") is not None
-            and by_output[i].tensors.get("bias") is None), None)
-        if owner is None or _out_features(owner) != bias.size:
+        owner = next((by_output[i] for i in inputs if i in by_output and by_output[i].tensors.get("bias") is None
+                      and _out_features(by_output[i]) == bias.size), None)
+        if owner is None:
             raise UnsupportedLayerError(
                 f"ONNX node {g.nodes[0]!r} adds a bias of shape {bias.shape} that an optimiser moved out of a "
-                "dense or conv layer, but no such layer without a bias feeds it; export the model without "
-                "ONNX Runtime's extended optimisations (ORT_ENABLE_BASIC)")
+                "dense or conv layer, but no such layer without a bias feeds it; port from the file before "
+                "ONNX Runtime's extended optimisations (ORT_ENABLE_BASIC keeps the bias in place)")
         owner.tensors["bias"] = bias
         owner.sources = owner.sources | sources
         owner.nodes.append(f"{g.nodes[0]} (bias)")

@@ -1,10 +1,11 @@
 """The one port pipeline: lint -> enforce -> export -> port weights into an existing model.
 
 ``port_model`` is used by the API (``port_weights``), ``parity check`` and ``parity port``.
-The target's parametric layers, in forward order, are matched to the graph's
-parametric nodes by kind, shape and name (``converters.match``). BatchNorm that an exporter folded into the
-preceding convolution is ported inference-equivalently and marked as such, in
-structured fields of each LayerPort (``reason``, ``folded_batchnorm``, ``folded_into``).
+The target's parametric layers, in forward order, are matched to the graph's parametric
+nodes by kind, shape and name (``converters.match``). What an exporter or optimiser folded
+(a BatchNorm into the preceding convolution, an embedding lookup at constant positions into
+its rows) is ported inference-equivalently and marked as such, in structured fields of each
+LayerPort (``reason``, ``folded_batchnorm``, ``folded_into``).
 """
 
 from __future__ import annotations
@@ -41,6 +42,23 @@ def _folded_batchnorm(target: TargetLayer, conv_bias: np.ndarray | None) -> dict
     eps = float(target.hyper["epsilon"])
     return {"gamma": np.ones(c, np.float32), "beta": conv_bias if conv_bias is not None else np.zeros(c, np.float32),
             "mean": np.zeros(c, np.float32), "var": np.full(c, 1.0 - eps, np.float32)}
+
+
+def _warnings(target: TargetLayer, group: ParamGroup, folded_bn: bool) -> list[str]:
+    """What a person should know about how ``group`` was written into ``target``."""
+    out = []
+    if target.shapes.get("bias") is not None and group.tensors.get("bias") is None and not folded_bn:
+        out.append(f"{target.name}: the graph has no bias for {group.label} (exporters drop all-zero biases); "
+                   "set to zero")
+    if group.attrs.get("moved_scale", 1.0) != 1.0:
+        out.append(f"{target.name}: ONNX Runtime folded a scale of {group.attrs['moved_scale']:g} from the "
+                   f"activations around {group.label} into it; the weights are ported without it (the target "
+                   "computes that scale in its own activation)")
+    if group.attrs.get("flatten_unknown"):
+        out.append(f"{target.name}: {group.label} reads a reshaped tensor whose shape ONNX shape inference could "
+                   "not tell; if it is a flattened feature map, its rows were copied in the graph's order "
+                   "(CHW/HWC not checked)")
+    return out
 
 
 def port_graph(graph: Graph, targets: list[TargetLayer], source: str, framework: str) -> PortReport:
@@ -81,13 +99,7 @@ def port_graph(graph: Graph, targets: list[TargetLayer], source: str, framework:
             bias_for_bn, tensors["bias"] = tensors.get("bias"), None
         elif target.shapes.get("bias") is None and tensors.get("bias") is not None and np.any(tensors["bias"]):
             raise mismatch(target, group, "the source layer has a non-zero bias but the target layer has none")
-        if target.shapes.get("bias") is not None and group.tensors.get("bias") is None and not folded_bn:
-            report.warnings.append(f"{target.name}: the graph has no bias for {group.label} "
-                                   "(exporters drop all-zero biases); set to zero")
-        if group.attrs.get("flatten_unknown"):
-            report.warnings.append(f"{target.name}: {group.label} reads a reshaped tensor whose shape ONNX shape "
-                                   "inference could not tell; if it is a flattened feature map, its rows were "
-                                   "copied in the graph's order (CHW/HWC not checked)")
+        report.warnings.extend(_warnings(target, group, folded_bn))
         folded_stats = bool(group.attrs.get("folded_statistics"))
         if folded_stats:  # x*scale+shift: variance 1-eps makes the target's division by sqrt(var+eps) exact
             tensors["var"] = np.full(target.shapes["var"][0], 1.0 - float(target.hyper["epsilon"]), np.float32)  # type: ignore[index]

@@ -207,3 +207,31 @@ def test_port_from_an_optimised_file(name: str, variant: str, how: str, tmp_path
     actual = spec.outputs_from(dst, runner.run(spec.inputs_for(dst, inputs)))
     worst = _worst([actual[k] for k in expected], list(expected.values()))
     assert worst <= RTOL_OF_SCALE, f"{name} from {variant} via {how}: outputs differ by {worst:.2e} of their scale"
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_port_from_ort_fused_gelu(approximate: str, tmp_path: Path) -> None:
+    """ORT moves a dense bias into BiasGelu (exact GELU), or GELU's 0.5 into the next MatMul's alpha
+    (tanh GELU): the bias goes back to its layer, the scale stays with the activation."""
+    import keras
+    import onnx
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        fc1, fc2 = torch.nn.Linear(8, 16), torch.nn.Linear(16, 4)
+    source = torch.nn.Sequential(fc1, torch.nn.GELU(approximate=approximate), fc2).eval()
+    keras.utils.set_random_seed(1)
+    x = keras.Input((5, 8))
+    act = lambda t: keras.activations.gelu(t, approximate=approximate == "tanh")  # noqa: E731
+    target = keras.Model(x, keras.layers.Dense(4, name="fc2")(keras.layers.Dense(16, activation=act, name="fc1")(x)))
+    data = np.random.default_rng(0).standard_normal((2, 5, 8)).astype(np.float32)
+    path = export_model(source, "torch", [data], tmp_path / "mlp.onnx", input_names=["x"], output_names=["y"],
+                        exporter="legacy")  # the legacy exporter's GELU is the pattern ORT fuses
+    optimised = _optimise(path, "ort-extended")
+    fused = {n.op_type for n in onnx.load(str(optimised)).graph.node if n.domain == "com.microsoft"}
+    assert fused == ({"BiasGelu"} if approximate == "none" else {"FusedMatMul"})
+    report = port_onnx(optimised, target)
+    worst = _worst(_run_keras(target, [data]), _run_torch(source, [data]))
+    assert worst <= RTOL_OF_SCALE, f"outputs differ by {worst:.2e} of their scale"
+    assert (approximate == "tanh") == any("folded a scale of 0.5" in w for w in report.warnings)

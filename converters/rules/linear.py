@@ -1,4 +1,5 @@
-"""Dense (Gemm, MatMul with a following bias Add), convolutions and embedding lookups."""
+"""Dense (Gemm, MatMul with a following bias Add), convolutions and embedding lookups; also ONNX Runtime's
+fused variants (FusedGemm, FusedMatMul, FusedConv) and the dense bias it moves into BiasGelu/FastGelu."""
 
 from __future__ import annotations
 
@@ -165,7 +166,10 @@ def _fused_gemm(graph: Graph, node: Any, claimed: set[str]) -> ParamGroup | list
 
 @extractor("FusedMatMul")
 def _fused_matmul(graph: Graph, node: Any, claimed: set[str]) -> ParamGroup | list[ParamGroup] | None:
-    """ONNX Runtime's MatMul with transposes and a scale folded in (com.microsoft)."""
+    """ONNX Runtime's MatMul with transposes and a scale folded in (com.microsoft). The scale
+    (``alpha``) is not the weight's: ORT folds constant weights before it fuses, so ``alpha`` is a
+    scalar Mul of the activations around it (GELU's 0.5, attention's 1/sqrt(d)), which the
+    target computes itself. The weight is ported without it (``attrs["moved_scale"]``)."""
     w = float_const(graph, node.input[1])
     if w is None:
         return None
@@ -173,8 +177,11 @@ def _fused_matmul(graph: Graph, node: Any, claimed: set[str]) -> ParamGroup | li
     if w.ndim != 2 or a.get("transA", 0) or a.get("transBatchA", 0) or a.get("transBatchB", 0):
         raise UnsupportedLayerError(f"FusedMatMul node {node_name(node)} with a {w.shape} weight and attributes "
                                     f"{a}: only a 2-D weight, optionally transposed (transB), is supported")
-    kernel = (w.T if a.get("transB", 0) else w) * a.get("alpha", 1.0)
-    return _dense_or_parts(graph, node, kernel, None, initializers_of(graph, node.input[1]), claimed)
+    found = _dense_or_parts(graph, node, w.T if a.get("transB", 0) else w, None, initializers_of(graph, node.input[1]),
+                            claimed)
+    for group in found if isinstance(found, list) else [found]:
+        group.attrs["moved_scale"] = float(a.get("alpha", 1.0))
+    return found
 
 def _conv_like(kind: str, graph: Graph, node: Any, claimed: set[str]) -> ParamGroup | None:
     w = float_const(graph, node.input[1])

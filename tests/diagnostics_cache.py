@@ -18,6 +18,18 @@ from parity.check import CheckOptions, CheckResult, run_check
 
 TRAIN_STEPS = 5
 
+# ResNet-50's full diagnostics (layers, gradients, 5 SGD and 5 Adam steps) take 30-50 s on 2 cores;
+# `make test` leaves them to `make test-slow`. Its family stays covered by resnet18's diagnostics and
+# by the fast zoo matrix (tests/test_zoo_check.py, both directions, resnet50 included).
+HEAVY = ("resnet50",)
+
+
+def zoo_params(models: list[str]) -> list[object]:
+    """``models`` as pytest parameters, the heavy ones marked slow."""
+    import pytest
+
+    return [pytest.param(m, marks=pytest.mark.slow) if m in HEAVY else m for m in models]
+
 
 def _quiet(msg: str) -> None:
     pass

@@ -124,6 +124,7 @@ def _keras_layernorm_default_eps(spec: zoo.ModelSpec) -> zoo.ModelSpec:
     return dataclasses.replace(spec, keras_builder=build)
 
 
+@pytest.mark.slow  # a second full check of the 22.7 M-parameter checkpoint (about 45 s on 2 cores)
 def test_keras_default_layernorm_epsilon_is_caught(minilm: Path, sentences: list[str]) -> None:
     planted = _keras_layernorm_default_eps(zoo.get("bert"))
     options = CheckOptions(model="bert", checkpoint=minilm, texts=tuple(sentences))

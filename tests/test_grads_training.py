@@ -11,7 +11,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-from diagnostics_cache import TRAIN_STEPS, full_check
+from diagnostics_cache import TRAIN_STEPS, full_check, zoo_params
 
 import zoo
 from parity.diagnostics.grads import gradient_parity
@@ -34,7 +34,7 @@ def _part(model: str, key: str, source: str = "torch") -> dict:
 # ----------------------------------------------------------------------------- every zoo model
 
 
-@pytest.mark.parametrize("model", ZOO)
+@pytest.mark.parametrize("model", zoo_params(ZOO))
 def test_every_zoo_model_passes_grads(model: str) -> None:
     grads = _part(model, "gradients")
     assert grads is not None and grads["passed"], grads["first_divergence_detail"]
@@ -49,7 +49,7 @@ def test_every_zoo_model_passes_grads(model: str) -> None:
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
-@pytest.mark.parametrize("model", ZOO)
+@pytest.mark.parametrize("model", zoo_params(ZOO))
 def test_every_zoo_model_passes_training_steps(model: str, optimizer: str) -> None:
     training = _part(model, "training")
     assert training is not None and training["steps"] == TRAIN_STEPS

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from diagnostics_cache import full_check
+from diagnostics_cache import full_check, zoo_params
 
 import zoo
 from converters import layouts
@@ -35,7 +35,7 @@ def test_the_zoo_list_is_complete() -> None:
 # ----------------------------------------------------------------------------- every zoo model
 
 
-@pytest.mark.parametrize("model", ZOO)
+@pytest.mark.parametrize("model", zoo_params(ZOO))
 def test_every_zoo_model_passes_layers(model: str) -> None:
     result = full_check(model)
     layers = result.layers

@@ -26,12 +26,12 @@ Shape = tuple[int, ...]
 
 def framework_of(model: Any) -> str:
     """'torch' for a torch.nn.Module, 'tf' for a keras.Model; anything else is the caller's error."""
-    for cls in type(model).__mro__:
-        mod = cls.__module__ or ""
-        if mod.startswith("torch.nn"):
-            return "torch"
-        if mod.startswith(("keras", "tensorflow", "tf_keras")):
-            return "tf"
+    from converters.targets import framework_of as detect
+
+    try:
+        return detect(model)
+    except TypeError:
+        pass
     raise UsageError(f"expected a torch.nn.Module and a keras.Model, got {type(model).__module__}."
                      f"{type(model).__name__}")
 

@@ -25,8 +25,10 @@ check: $(STAMP)
 	$(BIN)/parity check $(MODEL) --from torch
 	$(BIN)/parity check $(MODEL) --from tf
 
+## two pytest workers, one per core, each framework on one thread (a test file stays on one worker,
+## so the shared full checks in tests/diagnostics_cache.py are computed once per file's worker)
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow

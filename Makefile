@@ -9,7 +9,7 @@ MODEL ?= cnn
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONHASHSEED ?= 0
 
-.PHONY: install check test test-slow lint bench gpu-check clean
+.PHONY: install check test test-slow test-report-browser lint bench gpu-check clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,13 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
+## the HTML report in a real headless browser: installs Chromium from the system packages when missing
+## (Debian/Ubuntu, needs root), then runs tests/test_report.py, whose browser test is skipped without it
+test-report-browser: $(STAMP)
+	command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+		(apt-get update -q && apt-get install -y -q --no-install-recommends chromium)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -p no:xdist tests/test_report.py
+
 lint: $(STAMP)
 	$(BIN)/ruff check parity converters zoo tests scripts examples
 
@@ -40,8 +47,8 @@ bench: $(STAMP)
 	$(BIN)/python scripts/bench.py
 
 ## no install step: a GPU machine may have no package index; the script uses .venv if present, else python3
-gpu-check:
-	bash scripts/gpu_check.sh
+gpu-check:  # DRY_RUN=1: the same steps on the CPU, without TensorFlow (see README, GPU evidence)
+	bash scripts/gpu_check.sh $(if $(DRY_RUN),--dry-run,)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -47,6 +47,8 @@ HF_BERT_FIELDS = {
     "type_vocab_size": "type_vocab",
     "layer_norm_eps": "layer_norm_eps",
 }
+MAX_CONFIG_SIZE = 10_000_000  # any one size field (the largest vocabularies have ~250k entries)
+MAX_PARAMETERS = 2_000_000_000  # BERT-large has 340M; beyond 2B (8 GiB float32) a config is corrupt or hostile
 DEFAULT_SEQ_LEN = 128  # the twin's fixed sequence length when the caller gives none (capped by max positions)
 
 # (pattern on the checkpoint key, reason) for keys that are deliberately not loaded
@@ -265,9 +267,33 @@ def bert_config_overrides(config: Mapping[str, Any], source: str = "config.json"
     if pos != "absolute":
         raise UnsupportedLayerError(f"{source}: position_embedding_type {pos!r} is not supported (the twin "
                                     "has absolute position embeddings)")
-    out = {field_: config[key] for key, field_ in HF_BERT_FIELDS.items() if key in config}
-    out["layer_norm_eps"] = float(config.get("layer_norm_eps", 1e-12))
+    out = {field_: _config_int(config, key, source) for key, field_ in HF_BERT_FIELDS.items()
+           if key in config and key != "layer_norm_eps"}
+    eps = config.get("layer_norm_eps", 1e-12)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1:
+        raise ConversionError(f"{source}: layer_norm_eps must be a number in (0, 1), got {eps!r}")
+    out["layer_norm_eps"] = float(eps)
+    if out["hidden"] % out["heads"]:
+        raise ConversionError(f"{source}: hidden_size {out['hidden']} is not divisible by num_attention_heads "
+                              f"{out['heads']}; the config is not a BERT model's")
+    h = out["hidden"]
+    params = (out["vocab"] + out["max_positions"] + out["type_vocab"]) * h \
+        + out["layers"] * (4 * h * h + 2 * h * out["intermediate"])
+    if params > MAX_PARAMETERS:
+        raise ConversionError(f"{source}: these sizes mean about {params / 1e9:.1f} billion parameters "
+                              f"({params * 4 / 2**30:.0f} GiB in float32), over the limit of {MAX_PARAMETERS / 1e9:g} "
+                              "billion; the config is corrupt or not a BERT checkpoint this tool can hold")
     return out
+
+
+def _config_int(config: Mapping[str, Any], key: str, source: str) -> int:
+    """A positive integer size from the config, within a sane bound, or one clear error."""
+    value = config[key]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConversionError(f"{source}: {key} must be an integer, got {value!r} ({type(value).__name__})")
+    if not 1 <= value <= MAX_CONFIG_SIZE:
+        raise ConversionError(f"{source}: {key} must be in 1..{MAX_CONFIG_SIZE:,}, got {value:,}")
+    return value
 
 
 def _hf_weights_file(path: Path) -> tuple[Path, Path]:
@@ -308,6 +334,9 @@ def _import_hf_bert(path: Path, preset: str | None, overrides: dict[str, Any]) -
         config = json.loads(config_path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ConversionError(f"{config_path}: cannot read it as JSON ({exc})") from exc
+    if not isinstance(config, dict):
+        raise ConversionError(f"{config_path}: expected a JSON object of BERT settings, got a JSON "
+                              f"{type(config).__name__}")
     fields = bert_config_overrides(config, str(config_path))
     extra = dict(overrides)
     fields["seq_len"] = int(extra.pop("seq_len", min(DEFAULT_SEQ_LEN, fields["max_positions"])))

@@ -24,3 +24,19 @@ class UnsupportedLayerError(ConversionError):
 
 class WeightMappingError(ConversionError):
     """The source graph and the target model do not line up layer by layer."""
+
+
+class OutputError(ParityError):
+    """An output location that cannot be used: not writable, not empty without --overwrite, colliding."""
+
+
+class UnsafeInputError(ConversionError):
+    """A file that would make us read outside its folder, exhaust memory, or run code."""
+
+
+class NonFiniteWeightsError(ConversionError):
+    """Weights holding NaN or Inf (refused unless the user allows them)."""
+
+
+class ModelInputError(ConversionError):
+    """Arguments that do not fit the model: inputs of the wrong shape, a bare array for a list, an unbuilt model."""

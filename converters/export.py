@@ -8,10 +8,12 @@ we give tf2onnx, a helper) is a bug of ours and propagates unchanged, as a trace
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
+import os
 import traceback
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import CodeType
 from typing import Any, Literal, TypeVar
@@ -148,10 +150,20 @@ def export_keras(
     handlers = {"Erfc": (_recording(_erfc_as_erf, errors), [])}
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
+        def convert() -> Any:
+            return run_exporter(f"tf2onnx export of Keras model {model.name!r}", tf2onnx.convert.from_function,
+                                tf.function(call), input_signature=signature, opset=OPSET,
+                                custom_op_handlers=handlers, through=(call.__code__,))[0]
+
         try:
-            proto, _ = run_exporter(f"tf2onnx export of Keras model {model.name!r}", tf2onnx.convert.from_function,
-                                    tf.function(call), input_signature=signature, opset=OPSET,
-                                    custom_op_handlers=handlers, through=(call.__code__,))
+            try:  # without tf2onnx's safety copy of the whole graph per optimizer pass (GBs for a BERT)
+                with _environ(TF2ONNX_CATCH_ERRORS="FALSE"):
+                    proto = convert()
+            except ConversionError:
+                if errors:
+                    raise
+                proto = convert()  # as tf2onnx does by default: an optimizer that fails is skipped
+            gc.collect()  # the graph copies hold reference cycles: free them now, not at the next collection
         finally:
             if errors:  # a bug of ours, whatever tf2onnx made of it
                 raise errors[0]
@@ -161,6 +173,21 @@ def export_keras(
         onnx.save(proto, str(tmp))
         check_onnx(tmp)
     return path
+
+
+@contextlib.contextmanager
+def _environ(**values: str) -> Iterator[None]:
+    """Set environment variables for the block, then restore them."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _recording(handler: Callable[..., None], errors: list[Exception]) -> Callable[..., None]:

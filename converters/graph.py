@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from converters.errors import ConversionError
+from converters.safety import check_external_data, check_opset, fold_budget, folded_size
 
 # Ops that never get folded even when their inputs are constant.
 _NOT_FOLDABLE = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
@@ -91,16 +92,11 @@ def load_onnx(path: str | Path) -> Any:
         ) from exc
     if not model.graph.node:
         raise ConversionError(f"{path} holds no graph nodes: it is empty or not an ONNX model; export it again")
+    check_opset(model, path)
     base = path.resolve().parent
     for tensor in _get_all_tensors(model):
         if uses_external_data(tensor):
-            location = next((e.value for e in tensor.external_data if e.key == "location"), "")
-            target = (base / location).resolve()
-            if base not in target.parents:
-                raise ConversionError(
-                    f"{path}: tensor {tensor.name!r} points to external data outside the model's folder "
-                    f"({location!r}); refusing to read it"
-                )
+            check_external_data(tensor, base, path)
     if any(uses_external_data(t) for t in _get_all_tensors(model)):
         onnx.load_external_data_for_model(model, str(base))
     try:
@@ -140,6 +136,7 @@ def fold(model: Any) -> Graph:
     elem = {vi.name: vi.type.tensor_type.elem_type for vi in [*g.value_info, *g.input]}
     remaining: list[Any] = []
     unfolded: dict[str, str] = {}
+    budget = fold_budget(consts)
     for node in g.node:
         if node.op_type == "Shape" and node.input[0] not in consts:
             value = _static_shape(node, known.get(node.input[0]))
@@ -164,7 +161,10 @@ def fold(model: Any) -> Graph:
         if node.op_type not in _NOT_FOLDABLE and node.domain in ("", "ai.onnx") and ins and all(
             i in consts for i in ins
         ) and not _is_table_lookup(node, consts):
-            values, why = _evaluate(node, consts, onnx, opset)
+            size = folded_size(node, consts)
+            values, why = (None, f"not folded: its output would take {size:,} bytes, over the folding budget of "
+                                 f"{budget:,}") if size is not None and size > budget else \
+                _evaluate(node, consts, onnx, opset)
             if values is None:
                 unfolded[node.name or f"{node.op_type}({node.output[0]})"] = why
             else:

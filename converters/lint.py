@@ -2,8 +2,18 @@
 
 Weights can be copied perfectly and still give different numbers when the two twins
 disagree on a normalisation epsilon, a BatchNorm momentum, the GELU approximation,
-padding, ``count_include_pad``, GRU ``reset_after`` or the use of a bias. This module
-compares those, layer by layer, and names both layers for each disagreement.
+padding, ``count_include_pad``, GRU ``reset_after`` or the use of a bias. Twins that
+compute the same outputs can still train differently: a regulariser (weight decay as an
+L2 penalty) or a frozen layer on one side only. This module compares all of those, per
+matched layer (by name where both sides agree on it, else in forward order by kind), and
+names both layers for each disagreement.
+
+Regularisers: Keras declares them on the layer (``kernel_regularizer``, ``bias_regularizer``,
+``activity_regularizer``; L1/L2 factors). A torch module declares the same with a
+``regularizers`` attribute, ``{"kernel": {"l2": 1e-4}, "bias": ..., "activity": ...}``, with
+Keras's meaning: ``l1 * sum|w| + l2 * sum(w^2)``, the activity term on the module's output
+divided by the batch size (Keras's is on the layer's output after a fused activation). Gradient and training parity add both sides' terms to the loss
+(``parity.diagnostics.steps``).
 """
 
 from __future__ import annotations
@@ -63,25 +73,104 @@ def _differs(a: Any, b: Any) -> bool:
     return a != b
 
 
-def lint_layers(source: Sequence[TargetLayer], target: Sequence[TargetLayer]) -> list[Finding]:
-    """Compare parametric layers pairwise in forward order (kinds must line up)."""
-    findings = []
+REGULARIZED = ("kernel", "bias", "activity")
+
+
+def regularizer_config(reg: Any) -> dict[str, float] | None:
+    """A Keras regulariser (or a torch module's declared dict) as its nonzero L1/L2 factors; None: none."""
+    if reg is None:
+        return None
+    config = reg if isinstance(reg, dict) else (reg.get_config() if hasattr(reg, "get_config") else None)
+    if config is None:
+        return {"custom": float("nan")}  # declared but not an L1/L2 penalty: compared as present
+    factors = {k: float(v) for k, v in config.items() if k in ("l1", "l2") and float(v) != 0.0}
+    return factors or None
+
+
+def declared_regularizers(obj: Any) -> dict[str, dict[str, float]]:
+    """The regularisers a Keras layer or a torch module declares, by what they act on (see the module doc)."""
+    declared = getattr(obj, "regularizers", None)
+    if isinstance(declared, dict):  # a torch module's declaration
+        raw = {k: declared.get(k) for k in REGULARIZED}
+    else:
+        raw = {k: getattr(obj, f"{k}_regularizer", None) for k in REGULARIZED}
+    out = {}
+    for k, reg in raw.items():
+        config = regularizer_config(reg)
+        if config is not None:
+            out[k] = config
+    return out
+
+
+def frozen_roles(layer: TargetLayer) -> list[str]:
+    """The canonical parameters of ``layer`` (running statistics aside) that are not trained: torch
+    ``requires_grad=False``; Keras ``trainable=False`` on the layer or the variable."""
+    out = []
+    for role, handles in layer.variables.items():
+        if role in layer.statistics or not handles:
+            continue
+        if layer.framework == "torch":
+            trained = any(bool(getattr(h, "requires_grad", False)) for h in handles)
+        else:
+            trained = bool(getattr(layer.obj, "trainable", True)) and any(bool(getattr(h, "trainable", True))
+                                                                          for h in handles)
+        if not trained:
+            out.append(role)
+    return sorted(out)
+
+
+def training_settings(layer: TargetLayer) -> dict[str, Any]:
+    """What changes how ``layer`` trains without changing its outputs: frozen status and regularisers."""
+    regs = declared_regularizers(layer.obj)
+    out: dict[str, Any] = {"frozen": frozen_roles(layer) or "none"}
+    for k in REGULARIZED:
+        out[f"{k}_regularizer"] = regs.get(k, "none")
+    return out
+
+
+def match_layers(source: Sequence[TargetLayer], target: Sequence[TargetLayer]) -> list[tuple[TargetLayer, TargetLayer]]:
+    """Pairs of the same kind: by name where both sides have it, the rest in forward order per kind."""
+    by_name = {s.name: s for s in source}
+    pairs, used = [], set()
+    rest = []
+    for t in target:
+        s = by_name.get(t.name)
+        if s is not None and s.kind == t.kind:
+            pairs.append((s, t))
+            used.add(id(s))
+        else:
+            rest.append(t)
     src_by_kind: dict[str, list[TargetLayer]] = {}
     for layer in source:
-        src_by_kind.setdefault(layer.kind, []).append(layer)
-    seen: dict[str, int] = {}
-    for t in target:
-        i = seen.get(t.kind, 0)
-        seen[t.kind] = i + 1
+        if id(layer) not in used:
+            src_by_kind.setdefault(layer.kind, []).append(layer)
+    for t in rest:
         candidates = src_by_kind.get(t.kind, [])
-        if i >= len(candidates):
-            continue
-        s = candidates[i]
+        if candidates:
+            pairs.append((candidates.pop(0), t))
+    order = {id(t): i for i, t in enumerate(target)}
+    return sorted(pairs, key=lambda p: order[id(p[1])])
+
+
+def lint_layers(source: Sequence[TargetLayer], target: Sequence[TargetLayer]) -> list[Finding]:
+    """Compare matched parametric layers (``match_layers``): numerics, then training settings."""
+    findings = []
+    for s, t in match_layers(source, target):
         for name in _FIELDS.get(t.kind, ()):
             sv, tv = s.hyper.get(name), t.hyper.get(name)
             if _differs(sv, tv):
                 findings.append(Finding(s.name, t.name, name, sv, tv))
+        ss, ts = training_settings(s), training_settings(t)
+        for name, sv in ss.items():
+            if _settings_differ(sv, ts[name]):
+                findings.append(Finding(s.name, t.name, name, sv, ts[name]))
     return findings
+
+
+def _settings_differ(a: Any, b: Any) -> bool:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return set(a) != set(b) or any(_differs(a[k], b[k]) or a[k] != a[k] for k in a)
+    return a != b
 
 
 def parameter_free_settings(model: Any) -> list[tuple[str, str, dict[str, Any]]]:

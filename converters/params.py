@@ -81,7 +81,7 @@ def param_groups(graph: Graph) -> list[ParamGroup]:
         name = node_name(node)
         if name in claimed:
             continue
-        weights = [i for i in node.input if is_weight(graph, i)]
+        weights = parameter_inputs(graph, node)
         if node.op_type != "Loop" and weights and set(weights) <= loop_weights:
             continue
         fn = extractor_for(node.op_type)
@@ -145,7 +145,7 @@ _RAW_OPS = {"Add", "Concat", "Expand", "Tile", "Sub", "Mul", "Where"}
 
 def _raw_tensor(graph: Graph, node: Any, claimed: set[str]) -> ParamGroup | None:
     """A learned tensor used as is (class token, position table): copied with its shape."""
-    weights = [i for i in node.input if is_weight(graph, i)]
+    weights = parameter_inputs(graph, node)
     if len(weights) != 1:
         return None
     value = graph.consts[weights[0]]
@@ -190,6 +190,32 @@ def upstream_groups(graph: Graph, groups: list[ParamGroup], kinds: tuple[str, ..
     return out
 
 def is_weight(graph: Graph, name: str) -> bool:
-    """A float constant with more than one element: a learned tensor, not a shape or scalar."""
+    """A float constant with more than one element: a learned tensor, not a shape, a scalar or a mask."""
     value = graph.const(name)
-    return value is not None and np.issubdtype(value.dtype, np.floating) and value.size > 1
+    return (value is not None and np.issubdtype(value.dtype, np.floating) and value.size > 1
+            and not is_additive_mask(value))
+
+
+# Inputs that are settings of the op, never learned: Resize's roi, scales and sizes, Pad's pads and value,
+# Clip's bounds, the shape of Reshape/Expand/Tile, Slice's starts..steps (by input position).
+_SETTING_INPUTS: dict[str, frozenset[int]] = {
+    "Resize": frozenset({1, 2, 3}), "Upsample": frozenset({1}), "Pad": frozenset({1, 2, 3}),
+    "Clip": frozenset({1, 2}), "Reshape": frozenset({1}), "Expand": frozenset({1}), "Tile": frozenset({1}),
+    "Slice": frozenset({1, 2, 3, 4}), "ConstantOfShape": frozenset({0}),
+}
+MASK_MAGNITUDE = 1e4  # additive masks use -1e4 (older BERTs), -1e9 or finfo.min; no learned value is that far out
+
+
+def parameter_inputs(graph: Graph, node: Any) -> list[str]:
+    """The inputs of ``node`` that are learned tensors (``is_weight``), leaving out its setting inputs."""
+    settings = _SETTING_INPUTS.get(node.op_type, frozenset())
+    return [name for k, name in enumerate(node.input) if name and k not in settings and is_weight(graph, name)]
+
+
+def is_additive_mask(value: np.ndarray) -> bool:
+    """A constant of zeros and huge negatives only (a causal mask built from constants, folded into one
+    tensor, e.g. ``triu(ones(L, L), 1) * finfo.min``): it is added to attention scores, never learned."""
+    v = np.asarray(value, dtype=np.float64)
+    zero = v == 0
+    masked = v <= -MASK_MAGNITUDE  # -inf included
+    return bool(np.all(zero | masked) and np.any(zero) and np.any(masked))

@@ -13,12 +13,14 @@ from __future__ import annotations
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from converters.arguments import check_built, check_runs, input_list, model_framework
 from converters.errors import WeightMappingError
 from converters.graph import Graph, fold, load_onnx
 from converters.match import CONV_LIKE, Matcher, mismatch, shape_text
@@ -33,6 +35,7 @@ from converters.report import (
     PortReport,
 )
 from converters.rules.attention import unfuse_attention
+from converters.safety import check_nonfinite_weights, nonfinite_weights_allowed
 from converters.targets import TargetLayer, framework_of, target_layers
 
 
@@ -161,6 +164,7 @@ def _account_initializers(graph: Graph, report: PortReport) -> None:
 def port_onnx(path: str | Path, target: Any, target_inputs: Sequence[np.ndarray] | None = None) -> PortReport:
     """Port the weights in the ONNX file ``path`` into ``target`` (modified in place)."""
     graph = fold(load_onnx(path))
+    check_nonfinite_weights(graph.consts, graph.initializers, str(path))
     layers = target_layers(target, target_inputs)
     return port_graph(graph, layers, str(path), framework_of(target))
 
@@ -178,6 +182,7 @@ def port_model(
     input_names: Sequence[str] | None = None,
     output_names: Sequence[str] | None = None,
     progress: Callable[[str], None] | None = None,
+    allow_nonfinite: bool | None = None,
 ) -> PortReport:
     """The one port pipeline: lint -> enforce -> export -> port; ``target`` is modified in place.
 
@@ -194,17 +199,35 @@ def port_model(
     otherwise the findings are in the report's ``lint``.
     ``input_names``/``output_names``: the exported graph's (``input_k``/``output_k`` by default).
     ``progress``: called with one line per step (each finding, the export, the port).
+    ``allow_nonfinite``: port weights holding NaN/Inf instead of raising ``NonFiniteWeightsError``
+    (None: as the enclosing ``converters.safety.nonfinite_weights_allowed`` says; default refuse).
     """
     say = progress or (lambda message: None)
-    if isinstance(source, (str, Path)):
-        say(f"porting the weights in {Path(source).name} into the {framework_of(target)} model")
-        return port_onnx(source, target, target_inputs)
+    with nonfinite_weights_allowed(allow_nonfinite) if allow_nonfinite is not None else nullcontext():
+        if isinstance(source, (str, Path)):
+            say(f"porting the weights in {Path(source).name} into the {framework_of(target)} model")
+            return port_onnx(source, target, input_list(target_inputs, "target_inputs"))
+        return _port_model(source, target, source_inputs, target_inputs, onnx_path=onnx_path, exporter=exporter,
+                           lossless=lossless, strict=strict, input_names=input_names, output_names=output_names,
+                           say=say)
+
+
+def _port_model(source: Any, target: Any, source_inputs: Any, target_inputs: Any, *, onnx_path: str | Path | None,
+                exporter: str, lossless: bool, strict: bool, input_names: Sequence[str] | None,
+                output_names: Sequence[str] | None, say: Callable[[str], None]) -> PortReport:
     from converters.export import export_model
     from converters.lint import enforce, lint_models
 
-    src_fw, dst_fw = framework_of(source), framework_of(target)
+    src_fw, dst_fw = model_framework(source, "source"), model_framework(target, "target")
     if src_fw == dst_fw:
         raise WeightMappingError(f"source and target are both {src_fw} models; port between frameworks")
+    source_inputs = input_list(source_inputs, "example_inputs")
+    target_inputs = input_list(target_inputs, "target_inputs")
+    check_runs(source, source_inputs, "source", "example_inputs")
+    if target_inputs is not None:
+        check_runs(target, target_inputs, "target", "target_inputs")
+    else:
+        check_built(target, "target")
     findings = lint_models(source, target, source_inputs if src_fw == "torch" else None, target_inputs)
     for finding in findings:
         say(f"semantic mismatch: {finding.message}")
@@ -233,13 +256,14 @@ def port_weights(
     strict: bool = False,
     target_inputs: Sequence[np.ndarray] | None = None,
     onnx_path: str | Path | None = None,
+    allow_nonfinite: bool | None = None,
 ) -> PortReport:
     """Move ``source``'s weights into ``target`` (modified in place) through ONNX: :func:`port_model`.
 
-    ``example_inputs``: numpy arrays in the source's own layout (used to export).
+    ``example_inputs``: a list of numpy arrays, one per input, in the source's own layout (used to export).
     """
     return port_model(source, target, example_inputs, target_inputs, onnx_path=onnx_path, exporter=exporter,
-                      lossless=lossless, strict=strict)
+                      lossless=lossless, strict=strict, allow_nonfinite=allow_nonfinite)
 
 
 def _output_names(model: Any) -> list[str]:

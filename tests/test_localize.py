@@ -166,11 +166,13 @@ def test_a_pair_outside_the_zoo_gets_its_table_through_the_port_mapping(tmp_path
     report = port_weights(tm, km, [batch], onnx_path=path)
     tol = DepthTolerance(atol=1e-5, rtol=1e-5, reason="two small dense layers: float32 sums of K <= 8 terms")
     table = localize(tm, km, [batch], [batch], tolerance=tol, port=report, onnx_files={"torch": path})
-    assert [(r.torch, r.keras) for r in table.rows] == [("0", "hidden"), ("2", "logits")]
+    # Keras's fused relu is its own row, against the input of torch's "2"
+    assert [(r.torch, r.keras) for r in table.rows] == [("0", "hidden"), ("0", "hidden"), ("2", "logits")]
     assert table.passed
-    for row in table.rows:
+    for row in (table.rows[0], table.rows[2]):
         assert {c.a for c in row.comparisons} == {"tf", "ort-torch"}
-    assert any("fuses relu" in n for n in table.rows[0].notes)  # Keras's fused activation applied to torch's
+    assert table.rows[1].layer == "0 <-> hidden +relu" and {c.a for c in table.rows[1].comparisons} == {"tf"}
+    assert any("fuses relu" in n for n in table.rows[0].notes)  # compared before the activation, then after it
 
 
 def test_ort_localisation_does_not_change_what_is_checked(tmp_path: Path) -> None:

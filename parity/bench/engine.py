@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from parity.bench.case import Case, Skip
+from parity.bench.cases_keras import keras_measurement
 from parity.bench.cases_ort import ort_case
 from parity.bench.cases_tf import keras_policy, tf_case
 from parity.bench.cases_torch import torch_case
@@ -37,6 +38,7 @@ from parity.bench.results import (
     BenchConfig,
     BenchResult,
     Cell,
+    keep_samples,
     select_runtimes,
 )
 from parity.bench.timing import Measurement, Stats, measure
@@ -220,11 +222,21 @@ class Bench:
     def case(self, runtime: str, batch: int) -> Case:
         """A ready-to-time case; raises ``Skip`` with the reason when the runtime cannot run here."""
         family, mode = runtime.split("-", 1)
+        if family == "keras":
+            raise Skip(f"{runtime} is timed in a worker process (cases_keras.keras_rows), not in this one")
         return _BUILDERS[family](self, mode, batch)
 
     def cell(self, runtime: str, batch: int) -> Cell:
         """Measure ``runtime`` at ``batch``; a skip or a failure becomes a cell with its reason."""
         task = self.config.task
+        if runtime.startswith("keras-"):  # timed in a worker process per backend (cases_keras)
+            try:
+                case, m = keras_measurement(self, runtime.split("-", 1)[1], batch, self._tmp.name)
+            except Skip as exc:
+                return Cell(runtime, task, batch, "skipped", reason=str(exc), device=self.device)
+            except Exception as exc:
+                return Cell(runtime, task, batch, "failed", reason=_describe(exc), device=self.device)
+            return self._ok_cell(case, m)
         # Compilers, exporters and providers raise anything (inductor, XLA, TensorRT): the
         # contract is a cell with the reason, not a crash that loses every other measurement.
         try:
@@ -256,6 +268,10 @@ class Bench:
                 cell = self.cell(runtime, batch)
                 cells.append(cell)
                 say(_progress_line(cell))
+        if self.config.memory == "subprocess" and self.device == "cpu":
+            from parity.bench.memory_probe import with_subprocess_memory
+
+            cells = with_subprocess_memory(self.spec, self.config, cells, say)
         return BenchResult(
             model=self.spec.name, preset=self.spec.preset, task=self.config.task,
             config={**self.config.to_dict(), "runtimes": list(self.runtimes), "threads": self.threads,
@@ -309,7 +325,8 @@ class Bench:
             runtime=case.runtime, task=self.config.task, batch=case.batch, status="ok", device=case.device,
             stats=m.stats, first_call_s=m.first_call_s,
             throughput=case.batch / m.stats.median_s if m.stats.median_s > 0 else None,
-            peak_memory_bytes=case.memory.peak(), memory_source=case.memory.source, flops=flops,
+            peak_memory_bytes=case.memory.peak(), memory_source=case.memory.source,
+            memory_comparable=case.memory.comparable, samples_s=keep_samples(m.samples), flops=flops,
             achieved_gflops=achieved, fraction_of_peak=achieved / peak if achieved and peak else None,
             settings={**case.settings, "warmup_runs": m.warmup_runs},
         )

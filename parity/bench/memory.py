@@ -4,7 +4,8 @@ On GPU each framework's own allocator is read (torch ``max_memory_allocated``, T
 ``get_memory_info('GPU:0')['peak']``; the cases build those). On CPU the only figure is the
 process's peak resident set (Linux VmHWM, reset through ``/proc/self/clear_refs``): it covers
 every framework loaded into the process, the interpreter and the libraries, so it is a
-ceiling for the cell, not the cell's own footprint, and it is not comparable across runtimes.
+ceiling for the cell, not the cell's own footprint, and it is not comparable across runtimes:
+such a ``Memory`` says ``comparable=False`` and the decision summary does not rank by it.
 """
 
 from __future__ import annotations
@@ -30,14 +31,18 @@ class Memory:
     source: str
     reset: Callable[[], None] = noop
     peak: Callable[[], int | None] = _none
+    # True for a framework's own allocator counter (what this runtime allocated for the model);
+    # False for a process-wide figure that holds every framework loaded into the process.
+    comparable: bool = True
 
 
 def rss_memory() -> Memory:
     """Process peak RSS (Linux VmHWM, reset through /proc/self/clear_refs), else RSS after the run."""
     if os.path.exists(_STATUS) and _clear_peak_rss():
-        return Memory("process peak RSS (VmHWM, reset per cell; all frameworks in the process)",
-                      _reset_peak_rss, _peak_rss)
-    return Memory("process RSS after the run (peak not readable here)", noop, _current_rss)
+        return Memory("process peak RSS (VmHWM, reset per cell; all frameworks in the process; "
+                      "not comparable across runtimes)", _reset_peak_rss, _peak_rss, comparable=False)
+    return Memory("process RSS after the run (peak not readable here; not comparable across runtimes)", noop,
+                  _current_rss, comparable=False)
 
 
 def _clear_peak_rss() -> bool:

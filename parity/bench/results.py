@@ -20,8 +20,12 @@ INFERENCE_RUNTIMES: tuple[str, ...] = (
     "torch-eager", "torch-compile", "tf-eager", "tf-function", "tf-xla", "ort-cpu", "ort-cuda", "ort-tensorrt",
 )
 TRAINING_RUNTIMES: tuple[str, ...] = ("torch-eager", "torch-compile", "tf-eager", "tf-function", "tf-xla")
+# The Keras twin on Keras 3's JAX and PyTorch backends (inference and training; parity.bench.cases_keras).
+# Each starts a worker process, so they run when asked for (--runtimes keras, or by name), not by default.
+KERAS_RUNTIMES: tuple[str, ...] = ("keras-jax", "keras-torch")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
+MEMORY_MODES = ("process", "subprocess")
 
 # Backward costs about twice the forward (one product for the input gradient, one for
 # the weight gradient), the usual convention for training FLOPs.
@@ -51,6 +55,8 @@ class Cell:
     achieved_gflops: float | None = None
     fraction_of_peak: float | None = None
     settings: Mapping[str, Any] = field(default_factory=dict)
+    memory_comparable: bool = False  # True: the framework's own allocator counter (see parity.bench.memory)
+    samples_s: tuple[float, ...] = ()  # up to KEPT_SAMPLES timed calls (seconds), for intervals and diffs
 
     @property
     def measured(self) -> bool:
@@ -58,6 +64,19 @@ class Cell:
 
     def to_dict(self) -> dict[str, Any]:
         return jsonable(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Cell:
+        """A cell written by ``to_dict``; unknown keys are an error naming them."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        extra = sorted(set(data) - known)
+        if extra:
+            raise UsageError(f"not a bench cell: unknown keys {extra}; expected those of Cell.to_dict")
+        kw = dict(data)
+        kw["stats"] = Stats(**data["stats"]) if data.get("stats") else None
+        kw["samples_s"] = tuple(float(x) for x in data.get("samples_s", ()))
+        kw["settings"] = dict(data.get("settings", {}))
+        return cls(**kw)
 
 
 @dataclass(frozen=True)
@@ -84,12 +103,41 @@ class BenchResult:
         return min(cells, key=lambda c: c.stats.median_s) if cells else None  # type: ignore[union-attr]
 
     def to_dict(self) -> dict[str, Any]:
-        return jsonable({
+        """The JSON of ``parity bench --json``, with the decision summary computed from the cells."""
+        from parity.report.decision import decide
+
+        data = jsonable({
             "model": self.model, "preset": self.preset, "task": self.task, "config": dict(self.config),
             "environment": dict(self.environment), "load_average_1min": dict(self.load_average_1min),
             "peak": self.peak, "flops": {str(b): f for b, f in self.flops.items()},
             "cells": [c.to_dict() for c in self.cells],
         })
+        data["decision"] = decide(data)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BenchResult:
+        """A result saved with ``to_dict`` (``parity bench --json``); the decision is recomputed, not read."""
+        try:
+            return cls(
+                model=data["model"], preset=data["preset"], task=data["task"], config=dict(data["config"]),
+                environment=dict(data.get("environment", {})), cells=tuple(Cell.from_dict(c) for c in data["cells"]),
+                flops={int(b): f for b, f in data.get("flops", {}).items()}, peak=data.get("peak"),
+                load_average_1min=dict(data.get("load_average_1min", {})))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UsageError(f"not a saved bench result (BenchResult.to_dict / parity bench --json): {exc!r} "
+                             "is missing or malformed") from exc
+
+
+KEPT_SAMPLES = 500  # enough for a bootstrap of the median; bounds the JSON at ~6 kB per cell
+
+
+def keep_samples(samples: Sequence[float]) -> tuple[float, ...]:
+    """At most ``KEPT_SAMPLES`` of ``samples`` (a seeded uniform subset, in call order), rounded to 1 ns."""
+    if len(samples) > KEPT_SAMPLES:
+        idx = np.sort(np.random.default_rng(0).choice(len(samples), KEPT_SAMPLES, replace=False))
+        samples = [samples[i] for i in idx]
+    return tuple(round(float(s), 9) for s in samples)
 
 
 def jsonable(value: Any) -> Any:
@@ -121,6 +169,9 @@ class BenchConfig:
     runtimes: tuple[str, ...] | None = None
     seed: int = 0
     probe_peak: bool = True
+    # "process": each cell's peak RSS in the bench process (not comparable on CPU); "subprocess": each
+    # runtime again in a fresh process for CPU memory that is comparable (parity.bench.memory_probe)
+    memory: str = "process"
 
     @property
     def task(self) -> str:
@@ -144,6 +195,8 @@ class BenchConfig:
         if self.budget_s < 0 or self.min_runs < 1 or self.warmup < 0:
             raise UsageError(f"need budget >= 0, min-runs >= 1, warmup >= 0; got {self.budget_s}, "
                              f"{self.min_runs}, {self.warmup}")
+        if self.memory not in MEMORY_MODES:
+            raise UsageError(f"unknown memory mode {self.memory!r}; expected one of {', '.join(MEMORY_MODES)}")
         select_runtimes(self.runtimes, self.train)
 
     def to_dict(self) -> dict[str, Any]:
@@ -155,12 +208,13 @@ def select_runtimes(requested: Sequence[str] | None, train: bool) -> tuple[str, 
     known = TRAINING_RUNTIMES if train else INFERENCE_RUNTIMES
     if not requested:
         return known
+    known = (*known, *KERAS_RUNTIMES)
     chosen: set[str] = set()
     for name in requested:
-        matches = [r for r in INFERENCE_RUNTIMES if r == name or r.split("-")[0] == name]
+        matches = [r for r in (*INFERENCE_RUNTIMES, *KERAS_RUNTIMES) if r == name or r.split("-")[0] == name]
         if not matches:
-            raise UsageError(f"unknown runtime {name!r}; known: {', '.join(INFERENCE_RUNTIMES)} "
-                             "(or a family: torch, tf, ort)")
+            raise UsageError(f"unknown runtime {name!r}; known: {', '.join((*INFERENCE_RUNTIMES, *KERAS_RUNTIMES))} "
+                             "(or a family: torch, tf, keras, ort)")
         chosen.update(matches)
     selected = tuple(r for r in known if r in chosen)
     if not selected:
@@ -169,5 +223,6 @@ def select_runtimes(requested: Sequence[str] | None, train: bool) -> tuple[str, 
     return selected
 
 
-__all__ = ["DEVICES", "INFERENCE_RUNTIMES", "PRECISIONS", "TRAINING_FLOPS_FACTOR", "TRAINING_RUNTIMES",
-           "BenchConfig", "BenchResult", "Cell", "jsonable", "select_runtimes"]
+__all__ = ["DEVICES", "INFERENCE_RUNTIMES", "KEPT_SAMPLES", "KERAS_RUNTIMES", "PRECISIONS", "TRAINING_FLOPS_FACTOR", "TRAINING_RUNTIMES",
+           "BenchConfig", "BenchResult", "Cell", "jsonable", "keep_samples",
+           "select_runtimes"]

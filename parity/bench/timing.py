@@ -51,6 +51,7 @@ class Measurement:
     warmup_runs: int
     stats: Stats
     loop_s: float  # wall time of the timed loop, clock reads included
+    samples: tuple[float, ...] = ()  # every timed call's duration, in order
 
 
 def measure(fn: Callable[[], Any], sync: Callable[[], Any] | None = None, *, budget_s: float = 1.0,
@@ -80,7 +81,8 @@ def measure(fn: Callable[[], Any], sync: Callable[[], Any] | None = None, *, bud
         samples.append(t1 - t0)
         if len(samples) >= min_runs and (t1 - start >= budget_s or (max_runs and len(samples) >= max_runs)):
             break
-    return Measurement(first_call_s=first, warmup_runs=warmed, stats=Stats.of(samples), loop_s=clock() - start)
+    return Measurement(first_call_s=first, warmup_runs=warmed, stats=Stats.of(samples), loop_s=clock() - start,
+                       samples=tuple(samples))
 
 
 def _check_measure_args(budget_s: float, min_runs: int, warmup: int, warmup_s: float, max_runs: int | None) -> None:

@@ -23,6 +23,25 @@ from parity.compare import Comparison, compare
 from parity.errors import NonFiniteOutputError, UsageError
 
 OTHER = {"torch": "tf", "tf": "torch"}
+# What `parity check --runtimes` may name (run in this order), and what runs by default.
+CHECK_RUNTIMES = ("torch", "tf", "keras-jax", "keras-torch", "ort-torch", "ort-tf")
+DEFAULT_RUNTIMES = ("torch", "tf", "ort-torch", "ort-tf")
+
+
+def check_runtimes(requested: tuple[str, ...] | None, source: str) -> tuple[str, ...]:
+    """The runtimes to run, in canonical order; the source's own runtime is the reference, so it must be one."""
+    if not requested:
+        return DEFAULT_RUNTIMES
+    unknown = [r for r in requested if r not in CHECK_RUNTIMES]
+    if unknown:
+        raise UsageError(f"--runtimes: unknown {', '.join(map(repr, unknown))}; choose from {', '.join(CHECK_RUNTIMES)} "
+                         "(comma separated)")
+    if source not in requested:
+        raise UsageError(f"--runtimes {','.join(requested)}: the source ({source}) is the reference every other "
+                         f"runtime is compared with; add {source}")
+    if len(requested) < 2:
+        raise UsageError(f"--runtimes {','.join(requested)}: name at least one runtime besides the source to compare")
+    return tuple(r for r in CHECK_RUNTIMES if r in requested)
 
 
 def prepare_out_dir(out: Path | None) -> Path | None:
@@ -91,6 +110,7 @@ def run_check(options: CheckOptions, *, spec: Any = None, user: UserPair | None 
             spec = zoo.get(options.model, preset=options.preset)
         except (zoo.UnknownModelError, ValueError) as exc:
             raise UsageError(str(exc)) from exc
+    runtimes = check_runtimes(options.runtimes, options.source)
     out = prepare_out_dir(options.out)
 
     import torch  # noqa: F401  (torch before TensorFlow in one process)
@@ -105,6 +125,7 @@ def run_check(options: CheckOptions, *, spec: Any = None, user: UserPair | None 
     from parity.check.sources import checkpoint_source, compare_checkpoint_embeddings
     from parity.env import capture
     from parity.runners import make_runner
+    from parity.runners.keras_backend import BackendUnavailableError
     from zoo.weights import randomize
 
     src, dst = options.source, OTHER[options.source]
@@ -153,13 +174,23 @@ def run_check(options: CheckOptions, *, spec: Any = None, user: UserPair | None 
         runner_info: dict[str, Any] = {}
         opts = dict(device=options.device, threads=options.threads, precision=options.precision)
         # ONNX Runtime is fed by name: the session's own input names, which the exports were given
-        plan = [("torch", "torch", models["torch"], "torch", names["torch"]),
-                ("tf", "tf", models["tf"], "tf", names["tf"]),
-                ("ort-torch", "ort", files["torch"], "torch", None), ("ort-tf", "ort", files["tf"], "tf", None)]
-        for label, kind, model, layout, in_names in plan:
+        plan = {"torch": ("torch", models["torch"], "torch", names["torch"]),
+                "tf": ("tf", models["tf"], "tf", names["tf"]),
+                # the Keras twin on Keras 3's other backends, each in a worker process of its own
+                "keras-jax": ("keras-jax", models["tf"], "tf", names["tf"]),
+                "keras-torch": ("keras-torch", models["tf"], "tf", names["tf"]),
+                "ort-torch": ("ort", files["torch"], "torch", None), "ort-tf": ("ort", files["tf"], "tf", None)}
+        skipped: list[str] = []
+        for label in runtimes:
+            kind, model, layout, in_names = plan[label]
             progress(f"running {label}")
-            runner = make_runner(kind, **opts).prepare(model, in_names, spec.output_names)
-            outputs[label] = spec.outputs_from(layout, runner.run(per_fw[layout]))
+            try:
+                runner = make_runner(kind, **opts).prepare(model, in_names, spec.output_names)
+                outputs[label] = spec.outputs_from(layout, runner.run(per_fw[layout]))
+            except BackendUnavailableError as exc:  # a Keras backend not installed here: skipped, with why
+                skipped.append(f"{label} skipped: {exc}")
+                runner_info[label] = {"runner": label, "skipped": str(exc)}
+                continue
             runner_info[label] = runner.describe()
 
         comparisons, tolerance = _compare_all(spec, options, outputs, src)
@@ -172,7 +203,7 @@ def run_check(options: CheckOptions, *, spec: Any = None, user: UserPair | None 
             files={k: str(v) for k, v in {"torch_onnx": files["torch"], "tf_onnx": files["tf"],
                                           "weights": weights}.items() if out and v is not None},
             checkpoint=ckpt.describe() if ckpt else {}, outputs=outputs,
-            notes=ckpt.notes if ckpt else list(user.notes) if user else [],
+            notes=[*(ckpt.notes if ckpt else list(user.notes) if user else []), *skipped],
             ported=options.port, pair=user.described if user else {},
         )
         if options.save_outputs is not None:
@@ -201,6 +232,8 @@ def save_outputs(path: Path, spec: Any, outputs: dict[str, dict[str, np.ndarray]
 
 def _compare_all(spec: Any, options: CheckOptions, outputs: dict[str, dict[str, np.ndarray]],
                  src: str) -> tuple[list[Comparison], dict[str, Any]]:
+    from zoo.spec import XLA_RUNTIMES, XLA_TOLERANCE_FACTOR, XLA_TOLERANCE_REASON
+
     tol = spec.tolerance
     tf32 = options.precision == "tf32"
     reference = outputs[src]
@@ -221,8 +254,12 @@ def _compare_all(spec: Any, options: CheckOptions, outputs: dict[str, dict[str, 
             atol, rtol = max(atol, 1e-3 * scale), max(rtol, 1e-3)
             info["widened_for_tf32"] = "atol >= 1e-3 x output scale, rtol >= 1e-3 (TF32 unit roundoff 4.9e-4)"
         info["per_output"][name] = {"atol": atol, "rtol": rtol, "output_scale": scale}
-        for label in ("torch", "tf", "ort-torch", "ort-tf"):
+        for label in outputs:
             if label == src:
                 continue
-            comparisons.append(compare(outputs[label][name], ref, atol=atol, rtol=rtol, a=label, b=src, output=name))
+            xla = label in XLA_RUNTIMES  # held to the same bound, for the reason written in zoo/spec.py
+            if xla:
+                info["xla"] = XLA_TOLERANCE_REASON
+            comparisons.append(compare(outputs[label][name], ref, atol=atol * XLA_TOLERANCE_FACTOR if xla else atol,
+                                       rtol=rtol, a=label, b=src, output=name))
     return comparisons, info

@@ -51,6 +51,7 @@ class CheckOptions:
     strict_tolerances: bool = False  # take tolerances as given: no growth with depth or steps
     port: bool = True  # False (a user pair only): compare the two models as they are
     save_outputs: Path | None = None  # every runtime's outputs (source layout) as an .npz
+    runtimes: tuple[str, ...] | None = None  # None: torch, tf, ort-torch, ort-tf (see parity.check.pipeline)
 
 
 @dataclass
@@ -116,11 +117,13 @@ def format_table(result: CheckResult) -> str:
            else "compared as given (not ported)")
     head = f"parity check {result.model} ({result.preset}): {result.source} -> {result.target}, {how}"
     w = max([len("output"), *(len(c.output) for c in result.comparisons)]) + 2
-    cols = f"  {'a':<10}{'b':<7}{'output':<{w}}{'max_abs':>10}{'max_rel':>10}{'mean_abs':>10}{'cosine':>12}{'atol':>10}  verdict"
+    wa = max([10, *(len(c.a) + 1 for c in result.comparisons)])  # keras-torch is 11 wide
+    cols = f"  {'a':<{wa}}{'b':<7}{'output':<{w}}{'max_abs':>10}{'max_rel':>10}{'mean_abs':>10}{'cosine':>12}{'atol':>10}{'rtol':>10}  verdict"
     rows = [head, cols]
     for c in result.comparisons:
-        rows.append(f"  {c.a:<10}{c.b:<7}{c.output:<{w}}{c.max_abs:>10.2e}{c.max_rel:>10.2e}{c.mean_abs:>10.2e}"
-                    f"{c.cosine:>12.8f}{c.atol:>10.2e}  {'ok' if c else 'FAIL'}")
+        rows.append(f"  {c.a:<{wa}}{c.b:<7}{c.output:<{w}}{c.max_abs:>10.2e}{c.max_rel:>10.2e}{c.mean_abs:>10.2e}"
+                    f"{c.cosine:>12.8f}{c.atol:>10.2e}{c.rtol:>10.2e}  {'ok' if c else 'FAIL'}")
+    rows.append("  verdict: ok when every element has |a-b| <= atol + rtol*|b| (b: the source)")
     for c in result.failures:
         rows.append("  " + c.explain())
     for f in result.lint:

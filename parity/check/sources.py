@@ -51,6 +51,8 @@ def checkpoint_source(options: CheckOptions, spec: Any, progress: Callable[[str]
         raise UsageError(f"--text/--text-file are for bert checkpoints, not {options.model!r}")
     progress(f"importing the checkpoint {path} into the {options.model} twin")
     batch = text.encode(path, options.texts) if options.texts else None
+    if batch is not None and hf:
+        check_token_ids(batch.inputs, path)
     if hf:
         imported = import_checkpoint(options.model, path, **({"seq_len": batch.seq_len} if batch else {}))
     else:
@@ -87,3 +89,28 @@ def compare_checkpoint_embeddings(ckpt: CheckpointSource, outputs: dict[str, dic
                          "reason": EMBEDDING_TOLERANCE.reason, "pooling": ckpt.pooling.describe()}
     return [compare_embeddings(outputs[label]["embedding"], outputs[src]["embedding"], a=label, b=src)
             for label in ("torch", "tf", "ort-torch", "ort-tf") if label != src]
+
+
+def check_token_ids(inputs: dict[str, np.ndarray], path: Path) -> None:
+    """Token ids beyond config.json's vocabulary would index past the embedding table: refuse them first."""
+    import json
+
+    from converters.checkpoints import bert_config_overrides
+
+    config_path = (path if path.is_dir() else path.parent) / "config.json"
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return  # the import names what is wrong with the file
+    if not isinstance(config, dict):
+        return
+    sizes = bert_config_overrides(config, str(config_path))
+    for name, limit in (("input_ids", sizes["vocab"]), ("token_type_ids", sizes["type_vocab"])):
+        ids = inputs.get(name)
+        if ids is None or ids.size == 0:
+            continue
+        top, low = int(ids.max()), int(ids.min())
+        if top >= limit or low < 0:
+            raise UsageError(f"checkpoint {path}: the tokenizer produced {name} up to {top} (lowest {low}), but "
+                             f"config.json allows 0..{limit - 1}; tokenizer.json and config.json come from "
+                             "different models")

@@ -7,16 +7,29 @@ Until ``parity.cli`` registers these, ``python -m parity.cli.bench bench mlp`` w
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from converters.files import write_json_atomic
+from converters.files import probe_writable_file, write_json_atomic
 from parity.bench.results import INFERENCE_RUNTIMES as RUNTIME_CHOICES  # numpy only: no framework import
+from parity.cli.common import (
+    BATCH_MAX,
+    BUDGET_MAX_S,
+    bounded_int,
+    budget_seconds,
+    check_input_memory,
+    check_some_gpu,
+    path_arg,
+    positive_int,
+    seed,
+)
 from parity.errors import UsageError
+
+MAX_RUNS = 1_000_000  # timed calls per cell: a bound, so that --min-runs cannot keep a cell running for days
+MAX_WARMUP = 1_000
 
 
 def add_commands(subparsers: Any) -> None:
@@ -40,24 +53,31 @@ def _add_bench(subparsers: Any) -> None:
     p.add_argument("--batch", default="1,8,32", help="comma-separated batch sizes (default: 1,8,32)")
     p.add_argument("--train", action="store_true",
                    help="time one training step (forward, cross-entropy, backward, SGD lr 0.01 momentum 0.9)")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="intra-/inter-op threads for every framework (default: all usable cores)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--precision", default="fp32", choices=("fp32", "tf32", "fp16", "bf16"),
                    help="fp32 turns TF32 off; fp16/bf16 use autocast / a Keras mixed policy")
     p.add_argument("--include-copies", action="store_true",
                    help="time host-to-device input and device-to-host output copies too")
-    p.add_argument("--budget", type=float, default=1.0,
-                   help="seconds of timed calls per cell, after warm-up (default: 1.0)")
-    p.add_argument("--min-runs", type=int, default=10, help="minimum timed calls per cell (default: 10)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed calls per shape after the first (default: 3)")
+    p.add_argument("--budget", type=budget_seconds, default=1.0,
+                   help="seconds of timed calls per cell, after warm-up, at most 3600 (default: 1.0)")
+    p.add_argument("--min-runs", type=bounded_int(1, MAX_RUNS), default=10,
+                   help=f"minimum timed calls per cell, 1..{MAX_RUNS} (default: 10)")
+    p.add_argument("--warmup", type=bounded_int(0, MAX_WARMUP), default=3,
+                   help=f"untimed calls per shape after the first, 0..{MAX_WARMUP} (default: 3)")
     p.add_argument("--runtimes", nargs="+", default=None, metavar="RUNTIME",
-                   help=f"runtimes to run (names or families torch/tf/ort, comma or space separated): "
-                        f"{', '.join(RUNTIME_CHOICES)}")
-    p.add_argument("--seed", type=int, default=0, help="seed for weights, inputs and labels (default: 0)")
+                   help=f"runtimes to run (names or families torch/tf/keras/ort, comma or space separated): "
+                        f"{', '.join(RUNTIME_CHOICES)}; keras-jax, keras-torch (Keras 3 on JAX / PyTorch, in a "
+                        "worker process) run only when named")
+    p.add_argument("--seed", type=seed, default=0, help="seed for weights, inputs and labels (default: 0)")
     p.add_argument("--no-peak", action="store_true", help="skip the matmul peak probe")
-    p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write every cell and the environment")
-    p.add_argument("--plot", type=Path, default=None, metavar="PATH", help="write a PNG plot")
+    p.add_argument("--memory", choices=("process", "subprocess"), default="process",
+                   help="CPU memory: 'process' = the bench process's peak RSS (not comparable across runtimes); "
+                        "'subprocess' = each runtime again in a fresh process, memory above its imports (comparable)")
+    p.add_argument("--json", type=path_arg, default=None, metavar="PATH", help="write every cell and the environment")
+    p.add_argument("--plot", type=path_arg, default=None, metavar="PATH", help="write a PNG plot")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr (the table still prints)")
     add_user_model_arguments(p)
     p.add_argument("--onnx", type=Path, metavar="FILE",
                    help="time this ONNX file in ONNX Runtime (instead of an export of the models); its inputs are "
@@ -95,6 +115,8 @@ def parse_batches(text: str) -> tuple[int, ...]:
         raise UsageError(f"--batch takes comma-separated positive integers such as 1,8,32; got {text!r}") from None
     if not batches or any(b < 1 for b in batches):
         raise UsageError(f"--batch takes comma-separated positive integers such as 1,8,32; got {text!r}")
+    if max(batches) > BATCH_MAX:
+        raise UsageError(f"--batch {max(batches):,} is over the limit of {BATCH_MAX:,}; give smaller batch sizes")
     return tuple(dict.fromkeys(batches))
 
 
@@ -116,27 +138,21 @@ def _spec(name: str, preset: str) -> Any:
 
 
 def _check_writable(path: Path | None, option: str) -> None:
-    """Fail before a long run, not after it, when an output cannot be written."""
-    if path is None:
-        return
-    parent = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
-        raise UsageError(f"{option} {path}: is a directory; give a file path")
-    if not parent.is_dir():
-        raise UsageError(f"{option} {path}: folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise UsageError(f"{option} {path}: folder {parent} is not writable")
+    """Fail before a long run, not after it, when an output cannot be written (a real temporary file)."""
+    if path is not None:
+        probe_writable_file(path, option)
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
     from parity.bench.results import BenchConfig
 
-    if args.budget < 0:
-        raise UsageError(f"--budget must be >= 0 seconds, got {args.budget}")
+    if not 0 <= args.budget <= BUDGET_MAX_S:  # set from Python too, where argparse did not check it
+        raise UsageError(f"--budget must be in 0..{BUDGET_MAX_S:g} seconds, got {args.budget}")
     config = BenchConfig(
         batches=parse_batches(args.batch), train=args.train, device=args.device, precision=args.precision,
         threads=args.threads, include_copies=args.include_copies, budget_s=args.budget, min_runs=args.min_runs,
         warmup=args.warmup, runtimes=parse_runtimes(args.runtimes), seed=args.seed, probe_peak=not args.no_peak,
+        memory=getattr(args, "memory", "process"),
     )
     config.validate()
     return config
@@ -154,8 +170,11 @@ def run_bench(args: argparse.Namespace) -> int:
     _check_writable(args.json, "--json")
     _check_writable(args.plot, "--plot")
     _import_torch_first()
+    if args.device == "cuda":
+        check_some_gpu()
     if which == "zoo":
         spec = _spec(args.model, args.preset)
+        check_input_memory([(i.name, i.shape, i.dtype) for i in spec.inputs], max(config.batches))
     else:
         from parity.cli.own_models import given_spec_from_args
 
@@ -164,9 +183,12 @@ def run_bench(args: argparse.Namespace) -> int:
         spec = given_spec_from_args(args, config.batches)
     from parity.bench.engine import run_benchmark
 
-    result = run_benchmark(spec, config, progress=_progress)
+    result = run_benchmark(spec, config, progress=None if args.quiet else _progress)
     data = result.to_dict()
     print(format_table(data))
+    from parity.report.decision_text import format_decision
+
+    print(format_decision(data["decision"]))  # every claim is a number in the JSON's "decision"
     if args.json is not None:
         write_json(args.json, data)
         _progress(f"wrote {args.json}")
@@ -213,6 +235,7 @@ def _count_spec(spec: Any, batches: Sequence[int]) -> list[Any]:
 
     _import_torch_first()
     with tempfile.TemporaryDirectory(prefix="parity-flops-") as tmp:
+        _progress(f"exporting {spec.name} to ONNX to count its FLOPs at batch {', '.join(map(str, batches))} ...")
         try:
             with contextlib.redirect_stdout(sys.stderr):
                 path = export_spec(spec, tmp)

@@ -4,10 +4,23 @@ and ONNX Runtime."""
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 from typing import Any
 
-from parity.cli.common import EPILOG, EXIT_MISMATCH, EXIT_OK, check_json_path, nonneg_float, positive_int
+from parity.cli.common import (
+    EPILOG,
+    EXIT_MISMATCH,
+    EXIT_OK,
+    batch_size,
+    check_json_path,
+    check_zoo_batch,
+    nonneg_float,
+    path_arg,
+    positive_int,
+    seed,
+    text_arg,
+)
 from parity.cli.user_models import add_user_model_arguments
 from parity.errors import ParityError
 
@@ -30,27 +43,36 @@ def add_command(sub: Any) -> None:
                        help="framework of the source whose weights are ported, and whose layout --input/--inputs "
                             "use (default: torch)")
     check.add_argument("--preset", help="zoo preset (default: small; with a torchvision --checkpoint: standard)")
-    check.add_argument("--batch", type=positive_int, default=2, help="batch size of the seeded inputs (default: 2)")
-    check.add_argument("--seed", type=int, default=0, help="seed for weights and inputs (default: 0)")
+    check.add_argument("--batch", type=batch_size, default=2, help="batch size of the seeded inputs (default: 2)")
+    check.add_argument("--seed", type=seed, default=0, help="seed for weights and inputs, 0..2**32-1 (default: 0)")
     check.add_argument("--atol", type=nonneg_float, help="absolute tolerance (default: the spec's, scaled to the output)")
     check.add_argument("--rtol", type=nonneg_float, help="relative tolerance (default: the spec's)")
     check.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     check.add_argument("--threads", type=positive_int, help="intra-op threads for all runtimes")
     check.add_argument("--precision", choices=("fp32", "tf32"), default="fp32",
                        help="fp32: TF32 off everywhere (strict); tf32: on, tolerances widened and reported")
+    check.add_argument("--runtimes", metavar="A,B,...",
+                       help="runtimes to run, comma separated, from torch, tf, keras-jax, keras-torch, ort-torch, "
+                            "ort-tf (default: torch,tf,ort-torch,ort-tf; keras-* run the Keras twin on Keras 3's JAX "
+                            "or PyTorch backend in a worker process)")
     check.add_argument("--exporter", choices=("dynamo", "legacy"),
                        help="torch ONNX exporter (default: dynamo, or what the zoo model needs)")
     check.add_argument("--no-lossless", dest="lossless", action="store_false",
                        help="let the torch exporter fold BatchNorm into convs (ported inference-only)")
     check.add_argument("--strict", action="store_true",
                        help="a semantic-defaults mismatch between the twins (epsilon, momentum, GELU form...) is an error")
-    check.add_argument("--json", type=Path, metavar="PATH", help="write the result as JSON")
+    check.add_argument("--json", type=path_arg, metavar="PATH", help="write the result as JSON")
     check.add_argument("--save-outputs", type=Path, metavar="PATH.npz",
                        help="write every runtime's outputs (source layout; keys RUNTIME/OUTPUT) as .npz, atomically")
-    check.add_argument("--out", type=Path, metavar="DIR", help="keep the ONNX files, ported weights and port report")
+    check.add_argument("--out", type=path_arg, metavar="DIR",
+                       help="keep the ONNX files, ported weights and port report (written only if the run "
+                            "completes; a non-empty folder needs --overwrite)")
+    check.add_argument("--overwrite", action="store_true", help="replace the files in a non-empty --out folder")
+    check.add_argument("--allow-nonfinite", action="store_true",
+                       help="port weights holding NaN or Inf instead of refusing them")
     check.add_argument("--checkpoint", type=Path, metavar="PATH",
                        help="source weights from a published checkpoint (see `parity import`), not randomized")
-    check.add_argument("--text", action="append", default=[], metavar="TEXT",
+    check.add_argument("--text", type=text_arg, action="append", default=[], metavar="TEXT",
                        help="bert --checkpoint: a real input text (repeatable; one padded batch)")
     check.add_argument("--text-file", type=Path, metavar="PATH", help="bert --checkpoint: texts, one per line")
     diag = check.add_argument_group("diagnostics (layer-by-layer localisation also runs whenever a check fails)")
@@ -73,14 +95,32 @@ def add_command(sub: Any) -> None:
     add_user_model_arguments(check).add_argument(
         "--compare-only", dest="port", action="store_false",
         help="do not port: compare the two models with the weights they have")
+    check.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr (results still print)")
     check.set_defaults(handler=cmd_check)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    """`parity check`: ``--out`` is left as it was unless the run completes (a verdict, passed or not)."""
+    from converters.files import output_folder
+
+    check_json_path(args.json, args.out)
+    if args.all and args.out:
+        raise ParityError("--out keeps one model's files; it cannot be combined with --all")
+    with output_folder(args.out, overwrite=args.overwrite), allow_nonfinite(args.allow_nonfinite):
+        return _cmd_check(args)
+
+
+def allow_nonfinite(allowed: bool) -> Any:
+    """While the command runs, NaN/Inf in ported weights is refused unless ``allowed``."""
+    from converters.safety import nonfinite_weights_allowed
+
+    return nonfinite_weights_allowed(allowed)
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
     from converters.files import write_json_atomic
     from parity.check import CheckOptions, run_check
 
-    check_json_path(args.json)
     if args.torch or args.keras or args.input_specs or args.inputs_npz or not args.port:
         return cmd_check_user(args)
     if args.all == bool(args.model):
@@ -101,8 +141,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     import zoo
 
     models = zoo.names() if args.all else [args.model]
+    check_zoo_batch(models, args.preset, args.batch)  # before any input is allocated
     sources = [args.source] if args.source else (["torch", "tf"] if args.all else ["torch"])
-    results = []
+    results, total, started = [], len(models) * len(sources), time.perf_counter()
     for model in models:
         for source in sources:
             options = CheckOptions(
@@ -113,13 +154,18 @@ def cmd_check(args: argparse.Namespace) -> int:
                 layers=args.layers, grads=args.grads, train_steps=args.train_steps, loss=args.loss, plot=args.plot,
                 optimizers=("sgd", "adam") if args.optimizer == "both" else (args.optimizer,),
                 strict_tolerances=args.strict_tolerances, save_outputs=args.save_outputs,
+                runtimes=tuple(r.strip() for r in args.runtimes.split(",") if r.strip()) if args.runtimes else None,
             )
-            result = run_check(options)
+            t0 = time.perf_counter()
+            result = run_check(options, progress=lambda _m: None) if args.quiet else run_check(options)
             results.append(result)
             _print(result)
+            if args.all:  # [k/N] model direction ... verdict time
+                print(f"[{len(results)}/{total}] {model} {result.source} -> {result.target} ... "
+                      f"{'PASSED' if result.passed else 'FAILED'} {time.perf_counter() - t0:.1f} s\n", flush=True)
     passed = all(r.passed for r in results)
     if args.all:
-        print(f"\n{sum(r.passed for r in results)} of {len(results)} checks passed")
+        print(f"{sum(r.passed for r in results)} of {len(results)} checks passed in {time.perf_counter() - started:.1f} s")
         for r in results:
             if not r.passed:
                 print(f"  FAILED: {r.model} --from {r.source}")

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from converters.files import atomic_path
+from parity.cli.common import path_arg
 from parity.errors import UsageError
 
 
@@ -22,9 +23,11 @@ def add_command(sub: Any) -> None:
                     "twin's weights (MODEL.safetensors, its config in the metadata) and import_report.json, each "
                     "atomically. Port them on with `parity check MODEL --checkpoint PATH`.")
     cmd.add_argument("model", help="bert, resnet18, resnet50 or mobilenet_v2")
-    cmd.add_argument("path", type=Path, help="the checkpoint: a Hugging Face folder, or a state-dict file")
+    cmd.add_argument("path", type=path_arg, help="the checkpoint: a Hugging Face folder, or a state-dict file")
     cmd.add_argument("--preset", help="twin size for state-dict checkpoints (default: standard, torchvision's sizes)")
-    cmd.add_argument("--out", type=Path, metavar="DIR", help="write MODEL.safetensors and import_report.json here")
+    cmd.add_argument("--out", type=path_arg, metavar="DIR",
+                     help="write MODEL.safetensors and import_report.json here (only if the import succeeds)")
+    cmd.add_argument("--overwrite", action="store_true", help="replace the files in a non-empty --out folder")
     cmd.set_defaults(handler=run_import)
 
 
@@ -39,16 +42,19 @@ def save_state_atomic(model: Any, path: Path, metadata: dict[str, str]) -> Path:
 
 
 def run_import(args: argparse.Namespace) -> int:
-    from converters.files import write_json_atomic
-    from parity.check.pipeline import prepare_out_dir
+    from converters.files import output_folder
 
-    out = prepare_out_dir(args.out)
     if not args.path.exists():
         raise UsageError(f"{args.path}: no such file or folder")
+    with output_folder(args.out, overwrite=args.overwrite) as out:
+        return _import(args, out)
 
+
+def _import(args: argparse.Namespace, out: Path | None) -> int:
     import torch  # noqa: F401  (torch before TensorFlow)
 
     from converters.checkpoints import import_checkpoint
+    from converters.files import write_json_atomic
 
     imported = import_checkpoint(args.model, args.path, preset=args.preset)
     for line in imported.summary():

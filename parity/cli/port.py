@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from parity.cli.common import path_arg, seed
 from parity.errors import UsageError
 
 _EPILOG = """your own models:
@@ -43,9 +44,14 @@ def add_command(sub: Any) -> None:
                       help="load the source model's weights first (torch: .safetensors or .pt/.pth, read with "
                            "weights_only=True; Keras: .weights.h5); default: the zoo twin's seeded random weights, "
                            "or your model's own")
-    port.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for the outputs")
+    port.add_argument("--out", type=path_arg, required=True, metavar="DIR",
+                      help="folder for the outputs (written only if the port succeeds; a non-empty folder needs "
+                           "--overwrite)")
+    port.add_argument("--overwrite", action="store_true", help="replace the files in a non-empty --out folder")
+    port.add_argument("--allow-nonfinite", action="store_true",
+                      help="port weights holding NaN or Inf instead of refusing them")
     port.add_argument("--preset", default="small")
-    port.add_argument("--seed", type=int, default=0,
+    port.add_argument("--seed", type=seed, default=0,
                       help="seed of the zoo twin's weights and of the example inputs (default: 0)")
     port.add_argument("--exporter", choices=("dynamo", "legacy"),
                       help="torch ONNX exporter (default: dynamo, or what the zoo model needs)")
@@ -57,25 +63,10 @@ def add_command(sub: Any) -> None:
 
 
 def _load_source_weights(model: Any, framework: str, path: Path) -> None:
-    if not path.is_file():
-        raise UsageError(f"--weights {path}: no such file")
-    if framework == "torch":
-        import torch
+    """The source model's trained weights (``--weights``); every way a file can fail is one line."""
+    from parity.check.weights_file import load_weights_file
 
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)  # never unpickle code
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise UsageError(f"--weights {path}: does not fit the torch model (missing {missing[:3]}, "
-                             f"unexpected {unexpected[:3]})")
-    else:
-        if not path.name.endswith(".weights.h5"):
-            raise UsageError(f"--weights {path}: Keras weights must be a .weights.h5 file")
-        model.load_weights(str(path))
+    load_weights_file(model, framework, path)
 
 
 def run_port(args: argparse.Namespace) -> int:
@@ -96,12 +87,18 @@ def run_port(args: argparse.Namespace) -> int:
         raise UsageError("with --onnx, say which model receives the weights: --to torch or --to tf")
     if args.onnx is not None and args.weights is not None:
         raise UsageError("--weights loads a source model's weights; with --onnx the file is the source")
+    if args.weights is not None and not args.weights.is_file():
+        raise UsageError(f"--weights {args.weights}: no such file; give the source model's weights file")
     target_fw = args.target or OTHER[args.source]
     if args.source is not None and target_fw == args.source:
         raise UsageError(f"--from and --to are both {target_fw}; port between frameworks")
     if args.onnx is not None and not args.onnx.is_file():
         raise UsageError(f"--onnx {args.onnx}: no such file; give an .onnx file")
-    return _port_own(args, target_fw) if own else _port_zoo(args, target_fw)
+    from converters.files import output_folder
+    from converters.safety import nonfinite_weights_allowed
+
+    with output_folder(args.out, overwrite=args.overwrite), nonfinite_weights_allowed(args.allow_nonfinite):
+        return _port_own(args, target_fw) if own else _port_zoo(args, target_fw)
 
 
 def _port_zoo(args: argparse.Namespace, target_fw: str) -> int:

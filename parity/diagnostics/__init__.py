@@ -158,7 +158,8 @@ def format_diagnostics(result: Any) -> str:
 
 
 def plot_layers(layers: LayerReport, path: Path, title: str = "") -> Path:
-    """Relative error against depth (log scale), one line per runtime pair, with the tolerance."""
+    """Each layer's worst element against its tolerance, max |a-b| / (atol + rtol |b|), against depth
+    (log scale), one line per runtime pair; the tolerance line is 1, the rule of the table and the verdict."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -170,17 +171,10 @@ def plot_layers(layers: LayerReport, path: Path, title: str = "") -> Path:
     if path.parent and not path.parent.is_dir():
         raise UsageError(f"--plot {path}: the folder {path.parent} does not exist")
     fig, ax = plt.subplots(figsize=(max(6.0, 0.25 * len(rows) + 3), 4.5))
-    floor = 1e-12
-    series: dict[str, list[tuple[int, float]]] = {}
-    for r in rows:
-        scale = r.scale or 1.0
-        for c in r.comparisons:  # a non-finite difference is left out of its line (a gap)
-            error = max(c.max_abs / scale, floor) if math.isfinite(c.max_abs) else math.nan
-            series.setdefault(f"{c.a} vs {c.b}", []).append((r.depth, error))
+    series = plot_series(layers)
     for label, pts in series.items():
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=label)
-    ax.plot([r.depth for r in rows], [max(r.atol / (r.scale or 1.0), floor) for r in rows], "k--",
-            lw=1, label="tolerance")
+    ax.axhline(1.0, color="k", ls="--", lw=1, label="tolerance: |a-b| = atol + rtol |b|")
     first = next((r for r in rows if not r.passed), None)
     if first is not None:
         ax.axvline(first.depth, color="red", lw=1)
@@ -188,10 +182,26 @@ def plot_layers(layers: LayerReport, path: Path, title: str = "") -> Path:
                     fontsize=7, color="red", va="top")
     ax.set_yscale("log")
     ax.set_xlabel("depth (compared layers in forward order)")
-    ax.set_ylabel("max |a - b| / activation scale")
+    ax.set_ylabel("max |a - b| / (atol + rtol |b|)")
     ax.set_title(title or "layer-by-layer error")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_series(layers: LayerReport, floor: float = 1e-6) -> dict[str, list[tuple[int, float]]]:
+    """The plotted points: per runtime pair, (depth, max over elements of |a-b| / (atol + rtol |b|)).
+
+    A point is above 1 exactly when that comparison failed (a non-finite one is left out: a gap);
+    ``floor`` keeps exact agreement on the log axis."""
+    series: dict[str, list[tuple[int, float]]] = {}
+    for r in layers.rows:
+        if not r.depth:
+            continue
+        for c in r.comparisons:
+            ratio = r.ratios.get(c.a, math.inf)
+            if math.isfinite(ratio):
+                series.setdefault(f"{c.a} vs {c.b}", []).append((r.depth, max(ratio, floor)))
+    return series

@@ -42,6 +42,7 @@ import numpy as np
 
 from parity.diagnostics.batch import MIN_VALUES_PER_CHANNEL, BatchChoice, batchnorm_stats, choose_batch
 from parity.diagnostics.device import Placement, as_placement, keras_placed, torch_placed
+from parity.diagnostics.frozen import FROZEN_BN_NOTE, frozen_batchnorms, mark_frozen
 from parity.diagnostics.rows import ParamRow, compare_slot, layer_scales, param_table
 from parity.diagnostics.slots import Slot, pair_layers, parameter_slots, read_slots
 from parity.diagnostics.steps import (
@@ -75,10 +76,12 @@ class GradReport:
 
     @property
     def first_divergence(self) -> str | None:
-        return next((r.name for r in self.rows if not r.passed), None)
+        """The first parameter frozen on one side only (the cause), else the first failing row."""
+        cause = next((r.name for r in self.rows if r.cause), None)
+        return cause or next((r.name for r in self.rows if not r.passed), None)
 
     def to_dict(self) -> dict[str, Any]:
-        first = next((r for r in self.rows if not r.passed), None)
+        first = next((r for r in self.rows if r.name == self.first_divergence), None)
         return {"passed": self.passed, "loss": self.loss, "mode": self.mode, "batch": self.batch,
                 "tolerance": self.tolerance,
                 "first_divergence": self.first_divergence, "first_divergence_detail": first.to_dict() if first else None,
@@ -138,12 +141,17 @@ def _gradients(spec: Any, torch_model: Any, keras_model: Any, inputs: Mapping[st
                       read_slots(trainable, "tf", k_grads, "grad"), strict=True))
     scales = layer_scales([(s, t if reference == "torch" else k) for s, t, k in values])
     rows = [compare_slot(slot, tg, kg, atol_rel, rtol, reference, scales[slot.layer]) for slot, tg, kg in values]
+    one_sided = mark_frozen(rows, trainable, keras_model)
     loss_tol = atol_rel * max(abs(t_loss), abs(k_loss))
     diff = abs(t_loss - k_loss)
     notes = [f"dropout switched off in both twins ({', '.join(switched)}): the frameworks' random streams "
              "cannot match" if switched else "no dropout with a non-zero rate in either twin"]
     if choice.reason:
         notes.append(f"batch {choice.used} instead of {batch}: {choice.reason}")
+    if one_sided:
+        notes.append(f"frozen on one side only: {', '.join(one_sided)}")
+    if frozen_batchnorms(torch_model):
+        notes.append(f"{FROZEN_BN_NOTE}: {', '.join(frozen_batchnorms(torch_model))}")
     return GradReport(
         batch=choice.to_dict(),
         loss={"kind": loss, "description": objective.describe(), "torch": t_loss, "tf": k_loss, "abs_diff": diff,

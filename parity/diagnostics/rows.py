@@ -33,6 +33,7 @@ class ParamRow:
     explain: str
     statistic: bool = False
     note: str = ""
+    cause: str = ""  # a finding that explains the divergence here (a parameter frozen on one side only)
 
     @property
     def relative_error(self) -> float:
@@ -92,7 +93,7 @@ def param_table(rows: Sequence[ParamRow], limit: int = 12) -> list[str]:
     shown = [r for i, r in enumerate(rows) if i < limit or i == first or not r.passed][: limit + 8]
     for r in shown:
         out.append(f"  {r.name[:55]:<56}{r.max_abs:>10.2e}{r.relative_error:>10.2e}{r.atol:>10.2e}  "
-                   f"{'ok' if r.passed else 'FAIL'}")
+                   f"{'ok' if r.passed else 'FAIL'}{f' ({r.cause})' if r.cause else ''}")
     if len(rows) > len(shown):
         out.append(f"  ... {len(rows) - len(shown)} more within tolerance")
     return out

@@ -5,7 +5,11 @@ dropout off: dropout draws from each framework's own random stream, and no seed 
 the two streams equal. The loss is the mean squared error against seeded targets
 (``mse``, any output) or the cross-entropy on seeded labels (``xent``, one (batch,
 classes) logits output), in float32; ``torch_step_float64`` runs the torch twin's step
-in float64, to measure how far float32 rounding moves the torch gradients. The torch
+in float64, to measure how far float32 rounding moves the torch gradients.
+
+Regularisers count as they would in ``model.fit``: Keras's ``model.losses`` (kernel, bias
+and activity regularisers) are added to the Keras loss, and the terms a torch module
+declares in its ``regularizers`` attribute (see ``converters.lint``) to the torch loss. The torch
 steps run on the torch model's device (``parity.diagnostics.device``); the Keras step
 wherever the enclosing ``tf.device`` scope puts it.
 """
@@ -38,12 +42,15 @@ def training_mode(torch_model: Any, keras_model: Any, *, restore: bool = True) -
     from torch import nn
 
     from converters.targets.keras_target import leaf_layers
+    from parity.diagnostics.frozen import frozen_batchnorms
 
     was_training = torch_model.training
     state = copy.deepcopy(torch_model.state_dict()) if restore else None
     weights = keras_model.get_weights() if restore else None
     switched: list[str] = []
     torch_model.train()
+    for name in frozen_batchnorms(torch_model):  # as Keras runs a non-trainable BatchNormalization
+        torch_model.get_submodule(name).eval()
     for name, m in torch_model.named_modules():
         if isinstance(m, nn.modules.dropout._DropoutNd):
             m.eval()
@@ -118,11 +125,47 @@ def make_loss(spec: Any, kind: str, batch: int, seed: int, step: int = 0) -> Los
     return Loss(kind, targets, [o.to_framework(t, "tf") for o, t in zip(spec.outputs, targets, strict=True)])
 
 
+def _penalty(x: Any, factors: dict[str, float]) -> Any:
+    """Keras's L1L2 penalty, ``l1 * sum|x| + l2 * sum(x^2)``, in torch."""
+    return factors.get("l1", 0.0) * x.abs().sum() + factors.get("l2", 0.0) * x.square().sum()
+
+
+@contextlib.contextmanager
+def torch_regularization(model: Any) -> Iterator[list[Any]]:
+    """Collects the declared regularisers' terms of one forward pass into the yielded list: the kernel
+    and bias terms when the context closes over ``total``, activity terms through forward hooks."""
+    from converters.lint import declared_regularizers
+
+    terms: list[Any] = []
+    hooks = []
+    declared = [(m, declared_regularizers(m)) for _, m in model.named_modules() if hasattr(m, "regularizers")]
+    for module, regs in declared:
+        if "activity" in regs:
+            def hook(_m: Any, _args: Any, out: Any, factors: dict[str, float] = regs["activity"]) -> None:
+                y = out[0] if isinstance(out, (tuple, list)) else out
+                terms.append(_penalty(y, factors) / max(int(y.shape[0]), 1))
+            hooks.append(module.register_forward_hook(hook))
+    try:
+        yield terms
+    finally:
+        for h in hooks:
+            h.remove()
+    for module, regs in declared:
+        for role, attr in (("kernel", "weight"), ("bias", "bias")):
+            param = getattr(module, attr, None)
+            if role in regs and param is not None:
+                terms.append(_penalty(param, regs[role]))
+
+
 def torch_step(model: Any, inputs: Sequence[np.ndarray], loss: Loss) -> tuple[float, dict[int, np.ndarray]]:
-    """Forward, loss and backward in torch on the model's device: the loss and every parameter's gradient (by id)."""
+    """Forward, loss (with declared regularisers) and backward in torch on the model's device: the loss and
+    every parameter's gradient (by id)."""
     model.zero_grad(set_to_none=True)
-    out = model(*to_device(inputs, model))
+    with torch_regularization(model) as terms:
+        out = model(*to_device(inputs, model))
     value = loss.torch(out if isinstance(out, (tuple, list)) else [out])
+    for term in terms:
+        value = value + term
     value.backward()
     grads = {id(p): (p.grad.detach().cpu().numpy().copy() if p.grad is not None
                      else np.zeros(tuple(p.shape), np.float32)) for p in model.parameters()}
@@ -139,6 +182,8 @@ def keras_step(model: Any, inputs: Sequence[np.ndarray], loss: Loss) -> tuple[fl
     with tf.GradientTape() as tape:
         out = model(tensors if len(tensors) > 1 else tensors[0], training=True)
         value = loss.keras(out if isinstance(out, (tuple, list)) else [out])
+        for term in model.losses:  # kernel, bias and activity regularisers, as model.fit adds them
+            value = value + term
     raw = tape.gradient(value, variables)
     grads = {id(v): (np.asarray(tf.convert_to_tensor(g)) if g is not None
                      else np.zeros(tuple(int(d) for d in v.shape), np.float32)) for v, g in zip(variables, raw, strict=True)}
@@ -152,7 +197,11 @@ def torch_step_float64(model: Any, inputs: Sequence[np.ndarray], loss: Loss) -> 
     wide = [a.astype(np.float64) if np.issubdtype(a.dtype, np.floating) else a for a in inputs]
     targets = [t.astype(np.float64) if np.issubdtype(t.dtype, np.floating) else t for t in loss.torch_targets]
     twin.zero_grad(set_to_none=True)
-    out = twin(*to_device(wide, twin))
-    dataclasses.replace(loss, torch_targets=targets).torch(out if isinstance(out, (tuple, list)) else [out]).backward()
+    with torch_regularization(twin) as terms:
+        out = twin(*to_device(wide, twin))
+    value = dataclasses.replace(loss, torch_targets=targets).torch(out if isinstance(out, (tuple, list)) else [out])
+    for term in terms:
+        value = value + term
+    value.backward()
     return {id(p): (q.grad.detach().cpu().numpy().copy() if q.grad is not None else np.zeros(tuple(p.shape)))
             for p, q in zip(model.parameters(), twin.parameters(), strict=True)}

@@ -91,6 +91,7 @@ from parity.diagnostics.alignment import (
 )
 from parity.diagnostics.batch import MIN_VALUES_PER_CHANNEL, BatchChoice, choose_batch
 from parity.diagnostics.device import Placement, as_placement, keras_placed, torch_placed
+from parity.diagnostics.frozen import FROZEN_BN_NOTE, frozen_batchnorms, frozen_parts, mark_frozen
 from parity.diagnostics.optimizers import (
     DEFAULT_EPSILON,
     GAP_OVER_ROUNDING,
@@ -154,6 +155,8 @@ def _train(spec: Any, torch_model: Any, keras_model: Any, steps: int, configs: S
             "would normalise into full-size steps that no two frameworks take alike")
     if choice.reason:
         report.notes.append(f"batch {used} instead of {batch}: {choice.reason}")
+    if frozen_batchnorms(torch_model):
+        report.alignments.append(f"{FROZEN_BN_NOTE}: {', '.join(frozen_batchnorms(torch_model))}")
     for cfg in configs:
         with training_mode(torch_model, keras_model) as switched, single_lstm_bias(torch_model) as lstms:
             report.dropout = switched
@@ -191,8 +194,8 @@ def _run(spec: Any, torch_model: Any, keras_model: Any, cfg: OptimizerConfig, ba
         return {id(v): np.asarray(v.numpy()).copy() for v in keras_model.weights}
 
     start_t = torch_values()
-    still_t = {id(h) for s in frozen for h in s.torch}
     still_k = {id(h) for s in frozen for h in s.keras}
+    still_t, masks = frozen_parts(frozen, [s for s in slots if s.trainable and s not in frozen])
     params = [p for p in torch_model.parameters() if p.requires_grad and id(p) not in still_t]
     variables = list(keras_model.trainable_variables)
     moving = [i for i, v in enumerate(variables) if id(v) not in still_k]
@@ -202,6 +205,8 @@ def _run(spec: Any, torch_model: Any, keras_model: Any, cfg: OptimizerConfig, ba
     if cfg.name == "adam" and not strict:  # see AdamAllowance
         adam = AdamAllowance(cfg, [s.layer for s in live], first.rounding, reference)
     history, hooks = variance_recorder(torch_model)
+    hooks += [p.register_hook(lambda g, keep=keep: g * keep.to(g.device))  # type: ignore[misc]
+              for p in torch_model.parameters() if (keep := masks.get(id(p))) is not None]
     steps: list[LossStep] = []
     try:
         for t, (inputs, objective) in enumerate(zip(batches, losses, strict=True), start=1):
@@ -246,6 +251,7 @@ def _run(spec: Any, torch_model: Any, keras_model: Any, cfg: OptimizerConfig, ba
         if slot in frozen:
             row.note = "frozen in both twins (its gradient is rounding noise)"
         rows.append(row)
+    mark_frozen(rows, [s for s, *_ in finals], keras_model)
     tolerance = {
         "parameters": {"atol": atol_rel, "relative_to": "the largest |p_N - p_0| of the parameter's layer, plus a "
                        f"float32 floor of 4 * {n} * eps * max|p|", "rtol": 0.0},

@@ -31,7 +31,9 @@ class TrainingRun:
 
     @property
     def first_divergent_parameter(self) -> str | None:
-        return next((r.name for r in self.parameters if not r.passed), None)
+        """The first parameter frozen on one side only (the cause), else the first failing one."""
+        cause = next((r.name for r in self.parameters if r.cause), None)
+        return cause or next((r.name for r in self.parameters if not r.passed), None)
 
     @property
     def first_divergent_step(self) -> int | None:

@@ -8,10 +8,12 @@ from __future__ import annotations
 from parity.runners.base import Device, Precision, Runner
 
 RUNNERS = ("torch", "tf", "ort")
+# The Keras twin on Keras 3's other backends, each run in a worker process (``keras_backend``).
+KERAS_BACKEND_RUNNERS = ("keras-jax", "keras-torch")
 
 
 def make_runner(kind: str, **options: object) -> Runner:
-    """A runner for ``kind`` ('torch', 'tf' or 'ort'); options go to its constructor."""
+    """A runner for ``kind`` ('torch', 'tf', 'ort', 'keras-jax' or 'keras-torch'); options go to its constructor."""
     if kind == "torch":
         from parity.runners.torch_runner import TorchRunner
 
@@ -24,7 +26,11 @@ def make_runner(kind: str, **options: object) -> Runner:
         from parity.runners.ort_runner import OrtRunner
 
         return OrtRunner(**options)  # type: ignore[arg-type]
-    raise ValueError(f"unknown runner {kind!r}; expected one of {', '.join(RUNNERS)}")
+    if kind in KERAS_BACKEND_RUNNERS:
+        from parity.runners.keras_backend import KerasBackendRunner
+
+        return KerasBackendRunner(backend=kind.split("-", 1)[1], **options)  # type: ignore[arg-type]
+    raise ValueError(f"unknown runner {kind!r}; expected one of {', '.join(RUNNERS + KERAS_BACKEND_RUNNERS)}")
 
 
 def check_device(device: str, kinds: tuple[str, ...] = RUNNERS) -> None:
@@ -48,4 +54,4 @@ def check_device(device: str, kinds: tuple[str, ...] = RUNNERS) -> None:
         providers_for(device, "fp32")
 
 
-__all__ = ["RUNNERS", "Device", "Precision", "Runner", "check_device", "make_runner"]
+__all__ = ["KERAS_BACKEND_RUNNERS", "RUNNERS", "Device", "Precision", "Runner", "check_device", "make_runner"]

@@ -26,6 +26,11 @@ class Capture:
     leaves: set[str] = field(default_factory=set)  # torch modules without children
     activation: dict[str, Callable[[np.ndarray], np.ndarray]] = field(default_factory=dict)
     unflatten: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # Dense -> Reshape((H, W, C))
+    inputs: dict[str, np.ndarray] = field(default_factory=dict)  # torch: each module's first input (first call)
+    outputs: list[np.ndarray] = field(default_factory=list)  # the model's own outputs, in order
+    pre: dict[str, np.ndarray] = field(default_factory=dict)  # Keras: a fused activation's input
+    consumers: dict[str, list[str]] = field(default_factory=dict)  # Keras: fused layer -> layers fed by it
+    output_of: dict[str, int] = field(default_factory=dict)  # Keras: fused layer -> its model output index
 
 
 def _to_numpy_torch(out: Any, module: Any) -> np.ndarray | None:
@@ -58,6 +63,9 @@ def capture_torch(model: Any, inputs: Sequence[np.ndarray]) -> Capture:
             cap.calls[name] = cap.calls.get(name, 0) + 1
             if name in cap.values:
                 return
+            first = _to_numpy_torch(args[0], module) if args else None
+            if first is not None:
+                cap.inputs[name] = first
             value = _to_numpy_torch(out, module)
             if value is not None:
                 cap.values[name] = value
@@ -78,7 +86,11 @@ def capture_torch(model: Any, inputs: Sequence[np.ndarray]) -> Capture:
             cap.channels_first.add(name)
         hooked.append((name, module))
     with eval_mode(model):
-        run_with_hooks(model, inputs, hooked, hook)
+        out = run_with_hooks(model, inputs, hooked, hook)
+    for item in out if isinstance(out, (tuple, list)) else [out]:
+        value = _to_numpy_torch(item, model)
+        if value is not None:
+            cap.outputs.append(value)
     return cap
 
 
@@ -89,13 +101,15 @@ def capture_keras(model: Any, inputs: Sequence[np.ndarray]) -> Capture:
     return cap
 
 
-def _probe_keras(model: Any, inputs: list[Any], cap: Capture) -> None:
+def _probe_keras(model: Any, inputs: list[Any], cap: Capture, top: Any = None) -> None:
     import keras
 
     out_of = keras.Operation.output.fget  # the base property: the tensor of the layer's first call
     in_of = keras.Operation.input.fget
     probes: list[tuple[str, Any]] = []
     nested: list[Any] = []
+    fused: list[Any] = []
+    top = top if top is not None else model
     for layer in model.layers:
         if isinstance(layer, keras.layers.InputLayer):
             continue
@@ -113,6 +127,13 @@ def _probe_keras(model: Any, inputs: list[Any], cap: Capture) -> None:
         act = getattr(layer, "activation", None)
         if base in _FUSED_ACTIVATION_KERAS and act is not None and act is not keras.activations.linear:
             cap.activation[layer.name] = _numpy_activation(act)
+            probes.append((f"\0pre:{layer.name}", in_of(layer)))
+            fused.append(layer)
+            users = [c.name for c in model.layers if any(t is out for t in _flat(in_of_safe(c)))]
+            cap.consumers[layer.name] = users
+            index = next((i for i, t in enumerate(model.outputs) if t is out), None)
+            if index is not None and model is top:
+                cap.output_of[layer.name] = index
         probes.append((layer.name, out))
         if isinstance(layer, keras.Model):
             probes.append((f"\0in:{layer.name}", in_of(layer)))
@@ -133,13 +154,48 @@ def _probe_keras(model: Any, inputs: list[Any], cap: Capture) -> None:
         if name.startswith("\0in:"):
             fed[name[4:]] = value
             continue
+        if name.startswith("\0pre:"):
+            fed[name] = value
+            continue
         array = np.asarray(keras.ops.convert_to_numpy(value))
         if np.issubdtype(array.dtype, np.floating) and name not in cap.values:
             cap.values[name] = array.astype(np.float32)
             cap.order.append(name)
+    for layer in fused:  # the same layer with its activation off: its own output before the activation
+        cap.pre[layer.name] = _without_activation(layer, fed[f"\0pre:{layer.name}"])
     for layer in nested:
         inner = fed[layer.name]
-        _probe_keras(layer, list(inner) if isinstance(inner, (list, tuple)) else [inner], cap)
+        _probe_keras(layer, list(inner) if isinstance(inner, (list, tuple)) else [inner], cap, top)
+
+
+def _without_activation(layer: Any, value: Any) -> np.ndarray:
+    """``layer`` called on ``value`` with its fused activation switched off (put back after)."""
+    import keras
+
+    act = layer.activation
+    layer.activation = keras.activations.linear
+    try:
+        return np.asarray(keras.ops.convert_to_numpy(layer(value, training=False)), dtype=np.float32)
+    finally:
+        layer.activation = act
+
+
+def in_of_safe(layer: Any) -> Any:
+    """The tensor(s) of ``layer``'s first call, or () when it was never called."""
+    import keras
+
+    try:
+        return keras.Operation.input.fget(layer)
+    except (AttributeError, ValueError):
+        return ()
+
+
+def _flat(value: Any) -> list[Any]:
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _flat(v)]
+    return [value]
 
 
 def keras_base_name(layer: Any) -> str:

@@ -9,6 +9,8 @@ from typing import Any
 from parity.compare import Comparison
 from parity.diagnostics.localize.tolerance import DepthTolerance
 
+RULE = "ok when every element has |a-b| <= atol + rtol*|b|, i.e. |a-b|/tol <= 1"
+
 
 @dataclass
 class LayerRow:
@@ -26,6 +28,8 @@ class LayerRow:
     rtol: float = 0.0
     max_abs: float = 0.0
     max_rel: float = 0.0
+    ratio: float = 0.0  # max |a - b| / (atol + rtol |b|) over elements and runtimes: passed iff <= 1
+    ratios: dict[str, float] = field(default_factory=dict)  # the same per compared runtime
     passed: bool = True
     reference: str = ""
     comparisons: list[Comparison] = field(default_factory=list)
@@ -39,6 +43,7 @@ class LayerRow:
     def to_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in asdict(self).items() if k != "comparisons"}
         d["relative_error"] = self.relative_error
+        d["ratios"] = {k: (v if math.isfinite(v) else None) for k, v in self.ratios.items()}
         d["comparisons"] = [{"a": c.a, "b": c.b, "max_abs": c.max_abs, "max_rel": c.max_rel,
                              "passed": c.passed, "over_tolerance": c.over_tolerance,
                              "worst_index": list(c.worst_index) if c.worst_index else None,
@@ -76,14 +81,15 @@ class LayerReport:
 
     def format(self, limit: int = 40) -> str:
         """What `parity check` prints: the first ``limit`` rows (and the first failing one), the verdict, ORT."""
-        head = f"  {'#':>3}  {'layer':<52}{'kind':<18}{'max_abs':>10}{'rel_err':>10}{'atol':>10}  verdict"
-        lines = [f"layer-by-layer (reference {self.reference}; {len(self.rows)} layers)", head]
+        head = (f"  {'#':>3}  {'layer':<52}{'kind':<18}{'max_abs':>10}{'rel_err':>10}{'atol':>10}{'rtol':>10}"
+                f"{'|a-b|/tol':>11}  verdict")
+        lines = [f"layer-by-layer (reference {self.reference}; {len(self.rows)} layers; {RULE})", head]
         first = self.first_row
         shown = [r for i, r in enumerate(self.rows) if i < limit or r is first]
         for r in shown:
             mark = "skip" if not r.depth else ("ok" if r.passed else "FAIL")
             lines.append(f"  {r.index:>3}  {r.layer[:51]:<52}{r.kind[:17]:<18}{r.max_abs:>10.2e}"
-                         f"{r.relative_error:>10.2e}{r.atol:>10.2e}  {mark}")
+                         f"{r.relative_error:>10.2e}{r.atol:>10.2e}{r.rtol:>10.2e}{r.ratio:>11.3g}  {mark}")
         if len(self.rows) > len(shown):
             lines.append(f"  ... {len(self.rows) - len(shown)} more rows in the JSON")
         if first is not None:

@@ -97,13 +97,20 @@ def localize(torch_model: Any, keras_model: Any, torch_inputs: Sequence[np.ndarr
 
     pairs = align(tcap, kcap, port_layers, source_names, target or "tf")
     folded = {layer.target: layer.folded_batchnorm for layer in port_layers if layer.folded_batchnorm}
-    built = [b for p in pairs if (b := _row(p, tcap, kcap, ort_values, ort_meta, ort_optimized, reference, mask,
-                                            folded.get((p.torch if target == "torch" else p.keras) or "")))]
+    built = []
+    for p in pairs:
+        b = _row(p, tcap, kcap, ort_values, ort_meta, ort_optimized, reference, mask,
+                 folded.get((p.torch if target == "torch" else p.keras) or ""))
+        if b is not None:
+            built.append(b)
+            after = _post_row(p, pairs, tcap, kcap, reference, b[0])
+            if after is not None:
+                built.append(after)
     rows: list[LayerRow] = []
     first: LayerRow | None = None
-    total, depth = sum(1 for _, v in built if v), 0
+    total, depth = sum(1 for r, v in built if v and not _is_post(r)), 0
     for index, (row, values) in enumerate(built, start=1):
-        depth += bool(values)
+        depth += bool(values) and not _is_post(row)  # an activation is part of its layer's step in depth
         row.index, row.depth = index, depth if values else 0
         _judge(row, values, tolerance, depth, total)
         rows.append(row)
@@ -129,6 +136,11 @@ def _row(p: Pair, tcap: Capture, kcap: Capture, ort_values: dict[str, dict[tuple
     values: dict[str, np.ndarray] = {}
     t_val = tcap.values.get(p.torch) if p.torch else None
     k_val = kcap.values.get(p.keras) if p.keras else None
+    fused = p.keras in kcap.activation and p.keras in kcap.pre
+    if fused and k_val is not None:  # compared before Keras's fused activation; after it in _post_row
+        k_val = kcap.pre[p.keras]
+        notes.append(f"Keras fuses {kcap.activation[p.keras].__name__} into this layer: compared before it here, "
+                     "after it in the next row")
     hwc = kcap.unflatten.get(p.keras or "") if t_val is not None else None
 
     def chw(v: np.ndarray) -> np.ndarray:  # Keras's HWC-ordered features in torch's CHW order
@@ -171,15 +183,11 @@ def _row(p: Pair, tcap: Capture, kcap: Capture, ort_values: dict[str, dict[tuple
         value = moved[0]
         if label == "ort-tf" and hwc is not None and value.ndim == 2 and value.shape[1] == int(np.prod(hwc)):
             value = chw(value)
-        if p.keras in kcap.activation and not meta.post_activation:
-            value = kcap.activation[p.keras](value)
+        if fused and meta.post_activation:
+            continue  # an ONNX tensor after the fused activation belongs to the post-activation row
         values[label] = value
         if key not in ort_optimized.get(label, set()):
             notes.append(f"{label}: {meta.tensor} is fused away by ORT's optimiser; read from an unoptimised session")
-    if "torch" in values and p.keras in kcap.activation:
-        fn = kcap.activation[p.keras]
-        values["torch"] = fn(values["torch"])
-        notes.append(f"Keras fuses {fn.__name__} into this layer; applied to the other runtimes' values")
     if mask is not None and ((p.torch in tcap.rnn) or (p.keras in kcap.rnn)):
         for label, v in values.items():
             if v.ndim >= 2 and v.shape[:2] == mask.shape:
@@ -203,6 +211,51 @@ def _row(p: Pair, tcap: Capture, kcap: Capture, ort_values: dict[str, dict[tuple
     return row, values
 
 
+POST = " +"  # a fused activation's row: "<layer> +<activation>"
+
+
+def _is_post(row: LayerRow) -> bool:
+    return row.kind.endswith(" activation") and POST in row.layer
+
+
+def _post_row(p: Pair, pairs: Sequence[Pair], tcap: Capture, kcap: Capture, reference: str,
+              pre: LayerRow) -> tuple[LayerRow, dict[str, np.ndarray]] | None:
+    """A Keras layer's fused activation as its own step: Keras's output against the torch value that the
+    Keras output's consumer reads (its torch twin's input), or the model output it is; never the other
+    side's value with this side's activation applied. None when there is no such torch value."""
+    if p.keras is None or p.keras not in kcap.pre or p.keras not in kcap.values:
+        return None
+    k_val = kcap.values[p.keras]
+    t_val, source = None, ""
+    for user in kcap.consumers.get(p.keras, []):
+        twin = next((q.torch for q in pairs if q.keras == user and q.torch), None)
+        if twin is not None and twin in tcap.inputs:
+            t_val, source = tcap.inputs[twin], f"the input of torch {twin!r} (twin of its consumer {user!r})"
+            break
+    index = kcap.output_of.get(p.keras)
+    if t_val is None and index is not None and index < len(tcap.outputs):
+        t_val, source = tcap.outputs[index], f"the torch model's output {index}"
+    act = kcap.activation[p.keras].__name__
+    if t_val is None:
+        pre.notes.append(f"after Keras's fused {act}: not compared (no consumer with a torch twin)")
+        return None
+    hwc = kcap.unflatten.get(p.keras)
+    if hwc is not None and k_val.ndim == 2 and k_val.shape[1] == int(np.prod(hwc)):
+        k_val = np.ascontiguousarray(k_val.reshape(k_val.shape[0], *hwc).transpose(0, 3, 1, 2)
+                                     .reshape(k_val.shape[0], -1))
+    moved = to_layout(k_val, t_val.shape, k_val.ndim >= 4 or (p.torch in tcap.channels_first if p.torch else False))
+    if moved is None:
+        pre.notes.append(f"after Keras's fused {act}: tf {k_val.shape} does not fit torch {t_val.shape}")
+        return None
+    values = {"torch": kcap.activation[p.keras](tcap.values[p.torch]), "tf": moved[0]}
+    ref = reference if reference in values else "torch"
+    row = LayerRow(index=0, layer=f"{pre.layer}{POST}{act}", torch=p.torch, keras=p.keras,
+                   kind=f"{act} activation", shape=list(values[ref].shape), reference=ref,
+                   notes=[f"Keras's {act} fused into {p.keras!r}, against {source}"])
+    row.scale = float(np.max(np.abs(values[ref]))) if values[ref].size else 0.0
+    return row, values
+
+
 def _judge(row: LayerRow, values: dict[str, np.ndarray], tol: DepthTolerance, depth: int, total: int) -> None:
     if not values:  # not comparable (see its notes)
         return
@@ -214,6 +267,28 @@ def _judge(row: LayerRow, values: dict[str, np.ndarray], tol: DepthTolerance, de
     row.max_abs = max((c.max_abs for c in finite), default=math.inf if row.comparisons else 0.0)
     row.max_rel = max((c.max_rel for c in finite), default=math.inf if row.comparisons else 0.0)
     row.passed = all(row.comparisons)
+    row.ratios = {label: tolerance_ratio(v, ref, row.atol, row.rtol) for label, v in values.items()
+                  if label != row.reference}
+    row.ratio = max(row.ratios.values(), default=0.0)
+
+
+def tolerance_ratio(actual: np.ndarray, expected: np.ndarray, atol: float, rtol: float) -> float:
+    """max |a - b| / (atol + rtol |b|) over the elements: the one rule, <= 1 exactly when ``compare`` passes
+    (inf where the shapes or the non-finite positions differ)."""
+    a, b = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    if a.shape != b.shape:
+        return math.inf
+    both = np.isfinite(a) & np.isfinite(b)
+    same = ~np.isfinite(a) & ~np.isfinite(b) & ((np.isnan(a) & np.isnan(b)) | (a == b))
+    if np.any(~both & ~same):
+        return math.inf
+    if not np.any(both):
+        return 0.0
+    diff = np.abs(a[both] - b[both])
+    limit = atol + rtol * np.abs(b[both])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(diff > 0, diff / limit, 0.0)
+    return float(np.max(ratio))
 
 
 def _suspects(rows: list[LayerRow], first: LayerRow, tcap: Capture, paired: set[str | None]) -> list[str]:

@@ -1,0 +1,87 @@
+"""Lower a folded ONNX graph to the ``Program`` of its twin: walk it (``converters.codegen.lower``),
+refuse what no handler generates (every such node listed at once), then run each step's handler."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+import converters.codegen.layer_handlers  # noqa: F401  (registers the layers' handlers)
+from converters.codegen import layout as lay
+from converters.codegen.handlers import GROUP_HANDLERS, NODE_HANDLERS
+from converters.codegen.lower import Lowering, walk
+from converters.codegen.program import Input, Program
+from converters.errors import UnsupportedLayerError
+from converters.graph import Graph
+from converters.params import ParamGroup, param_groups
+from converters.rules.base import node_name
+
+
+def lower(graph: Graph, *, target: str, source: str, model: str,
+          spatial_inputs: set[str] | None = None, hints: dict[str, dict[str, Any]] | None = None) -> Program:
+    """The program of the twin of ``graph`` in ``target`` ('tf': Keras 3, 'torch').
+
+    ``source``: which exporter wrote the graph ('torch' or 'tf'; its graph inputs are
+    channels-first or channels-last). ``spatial_inputs``: the inputs that are images or
+    signals (default: every float input of rank 4). ``hints``: per source layer name, what the
+    graph does not keep (``{"bn1": {"epsilon": 1e-5, "momentum": 0.9}}`` for a BatchNorm that
+    tf2onnx folded into its convolution).
+    """
+    if target not in ("tf", "torch"):
+        raise ValueError(f"unknown target framework {target!r}; expected 'tf' or 'torch'")
+    groups = param_groups(graph)
+    steps = walk(graph, groups)
+    unsupported = [f"{node_name(s)} ({s.op_type})" for s in steps
+                   if not isinstance(s, ParamGroup) and s.op_type not in NODE_HANDLERS]
+    unsupported += [f"{'+'.join(s.nodes)} ({s.kind} layer)" for s in steps
+                    if isinstance(s, ParamGroup) and s.kind not in GROUP_HANDLERS]
+    if unsupported:
+        raise UnsupportedLayerError(
+            f"cannot generate a {'Keras' if target == 'tf' else 'PyTorch'} twin: {len(unsupported)} ONNX node(s) "
+            f"have no generator: {'; '.join(unsupported)}. Supported ops: {', '.join(sorted(NODE_HANDLERS))}; "
+            f"layers: {', '.join(sorted(GROUP_HANDLERS))}")
+    low = Lowering(graph, target, source)
+    low.groups = groups
+    low.hints = dict(hints or {})
+    low.reserved = {low.layer_name(g) for g in groups} | {low.folded_batchnorm(g) for g in groups}
+    inputs = [_input(low, name, spatial_inputs) for name in graph.inputs]
+    perms = {name: low.perm(name) for name in graph.inputs}
+    for step in steps:
+        if isinstance(step, ParamGroup):
+            GROUP_HANDLERS[step.kind](low, step)
+        else:
+            NODE_HANDLERS[step.op_type](low, step)
+    outputs = []
+    for name in graph.outputs:
+        rank = len(low.shape(name) or ())
+        p = low.perm(name)
+        spatial = p in (lay.channels_last(rank), lay.channels_first(rank))
+        want = low.native(rank) if spatial and low.source == "torch" else lay.identity(rank)
+        if spatial and low.source == "tf":  # the source's output is channels-last: the twin's is native
+            want = lay.channels_first(rank) if not low.channels_last else lay.identity(rank)
+        outputs.append((low.get(name, want, "output"), name))
+    return Program(model, source, inputs, low.ops, outputs, low.channels_last,
+                   [(i.name, perms[i.name]) for i in inputs], {var: low.perm(name) for var, name in outputs})
+
+
+def _input(low: Lowering, name: str, spatial_inputs: set[str] | None) -> Input:
+    vi = next(v for v in low.graph.model.graph.input if v.name == name)
+    from onnx import helper
+
+    dtype = str(np.dtype(helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)))
+    shape = low.shape(name) or ()
+    rank = len(shape)
+    spatial = name in spatial_inputs if spatial_inputs is not None else (rank == 4 and dtype.startswith("float"))
+    p = lay.identity(rank)
+    if spatial and rank > 2:
+        if low.source == "torch" and low.channels_last:
+            p = lay.channels_last(rank)
+        elif low.source == "tf" and not low.channels_last:
+            p = lay.channels_first(rank)
+    var = low.new_var()
+    low.vars[name] = (var, p)
+    v_shape = [None] * rank
+    for i, d in enumerate(shape):
+        v_shape[p[i]] = d
+    return Input(name, var, tuple(v_shape[1:]), dtype)

@@ -1,0 +1,66 @@
+"""Names in the generated code, derived from the source's own module and layer names."""
+
+from __future__ import annotations
+
+import keyword
+import re
+
+_CALL_SUFFIX = re.compile(r"_\d+$")  # tf2onnx scopes a Keras layer's ops "<layer>_1/...", numbered per call
+_OP_SCOPES = {"convolution", "batchnorm", "MatMul", "BiasAdd", "Cast", "ReadVariableOp", "Tensordot", "Reshape",
+              "depthwise", "conv1d", "ExpandDims", "Squeeze", "add", "mul", "mul_1"}
+
+
+def tf_layer(name: str) -> str:
+    """The Keras layer name in a tf2onnx node or tensor name (``model_1/layer1.0.conv1_1/convolution/x:0``)."""
+    parts = [p for p in name.split(":")[0].split("/") if p]
+    scopes = [_CALL_SUFFIX.sub("", p) for p in parts[1:-1] if p not in _OP_SCOPES]
+    return scopes[-1] if scopes else ""
+
+
+def torch_module(name: str) -> str:
+    """The module path in a torch parameter name (``layer1.0.conv1.weight``) or a legacy node scope."""
+    if "/" in name:
+        parts = [p for p in name.split("/") if p]
+        return ".".join(parts[:-1])
+    if "." in name and not name.startswith("onnx::"):
+        return name.rsplit(".", 1)[0]
+    return ""
+
+
+def node_label(name: str, source: str) -> str:
+    """A short label for a parameter-free node: its Keras layer, or the torch op (``node_relu_3`` -> ``relu_3``)."""
+    if source == "tf":
+        found = tf_layer(name)
+        if found:
+            return found
+        return re.sub(r"[^0-9A-Za-z_.]", "_", name.split(":")[0]).strip("_") or "op"
+    return re.sub(r"^node_", "", re.sub(r"[^0-9A-Za-z_.]", "_", name)).strip("_") or "op"
+
+
+def identifier(name: str) -> str:
+    """A Python identifier for ``name`` (``layer1.0.conv1`` -> ``layer1_0_conv1``)."""
+    out = re.sub(r"\W", "_", name).strip("_") or "layer"
+    if out[0].isdigit():
+        out = f"l{out}"
+    return f"{out}_" if keyword.iskeyword(out) else out
+
+
+def class_name(name: str) -> str:
+    """A class name for a model (``resnet18`` -> ``Resnet18``, ``my_net`` -> ``MyNet``)."""
+    parts = [p for p in re.split(r"[^0-9A-Za-z]", name) if p]
+    out = "".join(p[:1].upper() + p[1:] for p in parts) or "Model"
+    return f"M{out}" if out[0].isdigit() else out
+
+
+class Unique:
+    """Hands out names, each once: a repeated name gets ``_2``, ``_3`` ..."""
+
+    def __init__(self, taken: set[str] | None = None) -> None:
+        self.taken = set(taken or ())
+
+    def __call__(self, name: str) -> str:
+        out, k = name, 2
+        while out in self.taken:
+            out, k = f"{name}_{k}", k + 1
+        self.taken.add(out)
+        return out

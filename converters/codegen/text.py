@@ -1,0 +1,60 @@
+"""Python literals and line wrapping for generated code, in the style ``ruff format`` writes."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+LINE = 110  # the project's ruff line length
+
+
+def literal(value: Any) -> str:
+    """``value`` as Python source, strings in double quotes."""
+    if isinstance(value, bool) or value is None:
+        return repr(value)
+    if isinstance(value, float):
+        if math.isinf(value):
+            return 'float("inf")' if value > 0 else 'float("-inf")'
+        import numpy as np
+
+        short = np.float32(value)
+        return str(short) if float(short) == value and np.isfinite(short) else repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (tuple, list)):
+        items = [literal(v) for v in value]
+        if isinstance(value, list):
+            return f"[{', '.join(items)}]"
+        return f"({items[0]},)" if len(items) == 1 else f"({', '.join(items)})"
+    return repr(value)
+
+
+def call_line(head: str, args: str, tail: str, indent: int = 4) -> str:
+    """``head + args + tail`` on one line if it fits at ``indent``, else the arguments on their own line
+    (or one per line with a trailing comma), as ruff format does."""
+    one = f"{head}{args}{tail}"
+    if indent + len(one) <= LINE:
+        return one
+    pad = " " * 4
+    if indent + 4 + len(args) <= LINE:
+        return f"{head}\n{' ' * indent}{pad}{args}\n{' ' * indent}{tail.lstrip()}"
+    parts = split_args(args)
+    inner = "".join(f"\n{' ' * indent}{pad}{p}," for p in parts)
+    return f"{head}{inner}\n{' ' * indent}{tail.lstrip()}"
+
+
+def split_args(args: str) -> list[str]:
+    """Top-level comma-separated parts of an argument list."""
+    parts, depth, start, quote = [], 0, 0, False
+    for i, ch in enumerate(args):
+        if ch == '"' and (i == 0 or args[i - 1] != "\\"):
+            quote = not quote
+        elif not quote and ch in "([{":
+            depth += 1
+        elif not quote and ch in ")]}":
+            depth -= 1
+        elif not quote and ch == "," and depth == 0:
+            parts.append(args[start:i].strip())
+            start = i + 1
+    parts.append(args[start:].strip())
+    return [p for p in parts if p]

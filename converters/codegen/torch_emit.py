@@ -1,0 +1,176 @@
+"""Render a ``Program`` as a ``torch.nn.Module``: submodules in ``__init__``, a plain ``forward``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from converters.codegen.naming import Unique, class_name, identifier
+from converters.codegen.program import Op, Program, has_bias, variable_names
+from converters.codegen.text import call_line, literal
+
+# tf2onnx cannot tell a folded BatchNorm's epsilon and momentum: Keras's defaults are written
+KERAS_BN_EPS, KERAS_BN_MOMENTUM = 1e-3, 0.99
+_UNARY = {"relu": "torch.relu", "sigmoid": "torch.sigmoid", "tanh": "torch.tanh", "exp": "torch.exp",
+          "sqrt": "torch.sqrt", "neg": "torch.neg", "abs": "torch.abs", "erf": "torch.erf", "relu6": "F.relu6",
+          "softplus": "F.softplus", "hard_swish": "F.hardswish"}
+_INFIX = {"add": "+", "sub": "-", "mul": "*", "div": "/", "pow": "**"}
+
+
+def _kw(**kwargs: Any) -> str:
+    return ", ".join(f"{k}={literal(v)}" for k, v in kwargs.items())
+
+
+def _one(values: tuple[int, ...]) -> Any:
+    return values[0] if len(set(values)) == 1 else values
+
+
+def _module(op: Op) -> str:
+    """The constructor of a parametric layer's submodule."""
+    if op.attrs.get("restored_batchnorm"):
+        c = op.attrs["channels"]
+        eps, momentum = op.attrs.get("epsilon", KERAS_BN_EPS), op.attrs.get("momentum", KERAS_BN_MOMENTUM)
+        return f"nn.BatchNorm2d({c}, {_kw(eps=eps, momentum=round(1 - momentum, 6))})"
+    g = op.group
+    assert g is not None
+    if g.kind == "dense":
+        n_in, n_out = (int(d) for d in g.tensors["kernel"].shape)  # type: ignore[union-attr]
+        bias = {} if has_bias(op) else {"bias": False}
+        return f"nn.Linear({n_in}, {n_out}{', ' + _kw(**bias) if bias else ''})"
+    if g.kind == "conv":
+        w = g.tensors["weight"]
+        assert w is not None
+        groups = int(g.attrs.get("group", 1))
+        extra: dict[str, Any] = {}
+        s, d = tuple(g.attrs["strides"]), tuple(g.attrs["dilations"])
+        if any(v != 1 for v in s):
+            extra["stride"] = _one(s)
+        if op.attrs["padding"] != "valid":
+            extra["padding"] = _one(op.attrs["padding"])
+        if any(v != 1 for v in d):
+            extra["dilation"] = _one(d)
+        if groups > 1:
+            extra["groups"] = groups
+        if not has_bias(op):
+            extra["bias"] = False
+        kernel = _one(tuple(int(k) for k in w.shape[2:]))
+        args = f"{int(w.shape[1]) * groups}, {int(w.shape[0])}, {literal(kernel)}"
+        return f"nn.Conv{w.ndim - 2}d({args}{', ' + _kw(**extra) if extra else ''})"
+    if g.kind == "convtranspose":
+        w = g.tensors["weight"]
+        assert w is not None
+        extra = {}
+        s = tuple(g.attrs["strides"])
+        if any(v != 1 for v in s):
+            extra["stride"] = _one(s)
+        if op.attrs["padding"] != "valid":
+            extra["padding"] = _one(op.attrs["padding"])
+        if any(op.attrs["output_padding"]):
+            extra["output_padding"] = _one(op.attrs["output_padding"])
+        if not has_bias(op):
+            extra["bias"] = False
+        kernel = _one(tuple(int(k) for k in w.shape[2:]))
+        args = f"{int(w.shape[0])}, {int(w.shape[1])}, {literal(kernel)}"
+        return f"nn.ConvTranspose{w.ndim - 2}d({args}{', ' + _kw(**extra) if extra else ''})"
+    if g.kind == "batchnorm":
+        c = int(g.tensors["gamma"].shape[0])  # type: ignore[union-attr]
+        given = {**g.attrs, **{k: v for k, v in op.attrs.items() if k in ("epsilon", "momentum")}}
+        momentum = round(1.0 - float(given.get("momentum") or KERAS_BN_MOMENTUM), 6)
+        eps = given.get("epsilon") or KERAS_BN_EPS  # None: folded into a scale by the exporter
+        dims = {2: 1, 3: 1, 4: 2, 5: 3}[int(op.attrs.get("rank", 4))]
+        return f"nn.BatchNorm{dims}d({c}, {_kw(eps=eps, momentum=momentum)})"
+    if g.kind == "layernorm":
+        c = int(g.tensors["gamma"].shape[0])  # type: ignore[union-attr]
+        return f"nn.LayerNorm({c}, {_kw(eps=g.attrs['epsilon'])})"
+    if g.kind == "embedding":
+        n, dim = g.tensors["table"].shape  # type: ignore[union-attr]
+        return f"nn.Embedding({int(n)}, {int(dim)})"
+    raise AssertionError(f"no torch module for kind {g.kind!r}")  # lower() refuses other kinds first
+
+
+def _pad_args(pads: tuple[tuple[int, int], ...]) -> tuple[int, ...]:
+    """F.pad's flat pads: the last axis first, as far as the first padded axis."""
+    first = next((i for i, p in enumerate(pads) if p != (0, 0)), len(pads) - 1)
+    return tuple(v for p in reversed(pads[first:]) for v in p)
+
+
+def _expression(op: Op, args: list[str], attr: dict[str, str]) -> str:
+    a = op.attrs
+    x = args[0]
+    if op.kind == "layer":
+        return f"self.{attr[op.out]}({x})"
+    if op.kind in _UNARY:
+        return f"{_UNARY[op.kind]}({x})"
+    if op.kind == "elu":
+        return f"F.elu({x}, alpha={literal(a.get('alpha', 1.0))})"
+    if op.kind == "leaky_relu":
+        return f"F.leaky_relu({x}, {literal(a['alpha'])})"
+    if op.kind == "clip":
+        return f"torch.clamp({x}, {literal(a['min'])}, {literal(a['max'])})"
+    if op.kind in _INFIX:
+        if "scalar" in a:
+            pair = (literal(a["scalar"]), x) if a["scalar_first"] else (x, literal(a["scalar"]))
+            return f"{pair[0]} {_INFIX[op.kind]} {pair[1]}"
+        return f"{args[0]} {_INFIX[op.kind]} {args[1]}"
+    if op.kind in ("maximum", "minimum"):
+        other = literal(a["scalar"]) if "scalar" in a else args[1]
+        return f"torch.{op.kind}({x}, {other if 'scalar' not in a else f'torch.tensor({other})'})"
+    if op.kind == "concat":
+        return f"torch.cat([{', '.join(args)}], dim={a['axis']})"
+    if op.kind == "softmax":
+        return f"torch.softmax({x}, dim={a['axis']})"
+    if op.kind == "pad":
+        value = f", value={literal(a['value'])}" if a["value"] != 0.0 else ""
+        return f"F.pad({x}, {literal(_pad_args(a['pads']))}{value})"
+    if op.kind in ("maxpool", "avgpool"):
+        fn = f"F.{'max' if op.kind == 'maxpool' else 'avg'}_pool{len(a['kernel'])}d"
+        pad = "" if a["padding"] == "valid" else f", padding={literal(_one(a['padding']))}"
+        return f"{fn}({x}, {literal(_one(a['kernel']))}, stride={literal(_one(a['strides']))}{pad})"
+    if op.kind in ("gap", "gmp"):
+        fn = "mean" if op.kind == "gap" else "amax"
+        return f"{x}.{fn}({literal(tuple(range(2, a['rank'])))}, keepdim={a['keepdims']})"
+    if op.kind in ("mean", "max", "sum"):
+        fn = {"mean": "mean", "max": "amax", "sum": "sum"}[op.kind]
+        return f"{x}.{fn}({literal(tuple(a['axes']))}, keepdim={a['keepdims']})"
+    if op.kind == "flatten":
+        return f"torch.flatten({x}, 1)"
+    if op.kind == "crop":
+        parts = [":" if c == (0, 0) else f"{c[0]}:{c[0] + size}" for c, size in zip(a["crop"], a["sizes"], strict=True)]
+        while parts and parts[-1] == ":":
+            parts.pop()
+        return f"{x}[{', '.join(parts)}]"
+    if op.kind == "reshape":
+        return f"{x}.reshape(-1, {', '.join(str(d) for d in a['shape'])})"
+    if op.kind == "transpose":
+        return f"{x}.permute({', '.join(str(d) for d in a['perm'])})"
+    raise AssertionError(f"no torch rendering for op {op.kind!r}")
+
+
+def render(program: Program, header: str) -> str:
+    """The source of ``model.py``: the twin's class and ``build_model()``."""
+    names = variable_names(program, inputs_reusable=True)
+    for i in program.inputs:
+        names[i.var] = identifier(i.name)
+    unique = Unique({"forward", "training"})
+    attr = {op.out: unique(identifier(op.name)) for op in program.layers()}
+    cls = class_name(program.model)
+    init = [call_line(f"self.{attr[op.out]} = ", _module(op), "", indent=8) for op in program.layers()]
+    forward = [call_line(f"{names[op.out]} = ", _expression(op, [names[a] for a in op.args], attr), "", indent=8)
+               for op in program.ops]
+    outs = [names[v] for v, _ in program.outputs]
+    forward.append(f"return {outs[0]}" if len(outs) == 1 else f"return {', '.join(outs)}")
+    params = ", ".join(f"{names[i.var]}: torch.Tensor" for i in program.inputs)
+    returns = "torch.Tensor" if len(outs) == 1 else f"tuple[{', '.join(['torch.Tensor'] * len(outs))}]"
+    signature = f"    def forward(self, {params}) -> {returns}:"
+    uses_f = any(line.find("F.") >= 0 for line in [*init, *forward])
+    lines = [header, "", "import torch", *(["import torch.nn.functional as F"] if uses_f else []),
+             "from torch import nn", "", "",
+             f"class {cls}(nn.Module):",
+             f'    """The PyTorch twin of {program.model} (channels-first)."""', "",
+             "    def __init__(self) -> None:", "        super().__init__()",
+             *[f"        {line}" for line in init], "",
+             signature if len(signature) <= 110 else f"    def forward(\n        self, {params}\n    ) -> {returns}:",
+             *[f"        {line}" for line in forward], "", "",
+             f"def build_model() -> {cls}:",
+             '    """The twin with freshly initialised weights."""',
+             f"    return {cls}()"]
+    return "\n".join(lines) + "\n"

@@ -9,7 +9,7 @@ MODEL ?= cnn
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONHASHSEED ?= 0
 
-.PHONY: install check test test-slow test-report-browser lint bench gpu-check clean
+.PHONY: install check test test-slow test-report-browser lint bench bench-memory gpu-check clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python scripts/bench.py
+
+bench-memory: $(STAMP)  # peak RSS of the MiniLM check, RSS growth over 50 small checks (a few minutes)
+	$(BIN)/python scripts/bench_memory.py
 
 ## no install step: a GPU machine may have no package index; the script uses .venv if present, else python3
 gpu-check:  # DRY_RUN=1: the same steps on the CPU, without TensorFlow (see README, GPU evidence)

@@ -88,7 +88,8 @@ def test_generated_code_is_ruff_clean(onnx_files: dict, source: str, tmp_path: P
     assert lint.returncode == 0, lint.stdout + lint.stderr
 
 
-def test_unsupported_ops_are_listed_each(tmp_path: Path) -> None:
+def _odd_onnx(tmp_path: Path) -> Path:
+    """A graph with two ops that have no generator between two that do."""
     from onnx import TensorProto, helper, save
 
     nodes = [helper.make_node("Relu", ["x"], ["a"], name="relu"),
@@ -99,8 +100,12 @@ def test_unsupported_ops_are_listed_each(tmp_path: Path) -> None:
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])])
     path = tmp_path / "odd.onnx"
     save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    return path
+
+
+def test_unsupported_ops_are_listed_each(tmp_path: Path) -> None:
     with pytest.raises(UnsupportedLayerError) as err:
-        generate(path, "torch")
+        generate(_odd_onnx(tmp_path), "torch")
     message = str(err.value)
     assert "2 ONNX node(s)" in message
     assert "pick (Hardmax)" in message and "norm (LpNormalization)" in message
@@ -227,3 +232,13 @@ def test_cli_convert_your_own_torch_model(tmp_path: Path) -> None:
     code = (out / "model.py").read_text()
     assert 'keras.Input(shape=(8, 8, 3), name="x")' in code  # channels-last, as the Keras twin takes it
     assert 'layers.Conv2D(8, 3, padding="same", name="conv")' in code and 'layers.Dense(10, name="fc")' in code
+
+
+def test_a_failed_convert_leaves_no_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from parity.cli import main
+
+    path = _odd_onnx(tmp_path)
+    out = tmp_path / "twin"
+    assert main(["convert", "--onnx", str(path), "--to", "torch", "--out", str(out), "-q"]) == 2
+    assert "pick (Hardmax)" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["odd.onnx"]  # no twin/, no staging folder left

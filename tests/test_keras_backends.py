@@ -171,3 +171,48 @@ def test_bench_keras_cells_have_the_same_statistics(monkeypatch: pytest.MonkeyPa
         assert "jax.jit" in jx["settings"]["execution"] and jx["settings"]["keras_backend"] == "jax"
         skipped = cells["keras-torch", b]
         assert skipped["status"] == "skipped" and skipped["reason"] == "keras-torch: planted absence"
+
+
+# ---------------------------------------------------------------------------- the GPU evidence report
+
+
+def _gpu_report_module() -> object:
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "gpu_report.py"
+    spec = importlib.util.spec_from_file_location("gpu_report", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_report_tables_speedups_and_what_was_not_measured(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    report = _gpu_report_module()
+    monkeypatch.setattr(report, "has", lambda name: name not in ("matplotlib", "jinja2", "tensorflow"))
+
+    def cell(runtime: str, median_ms: float, status: str = "ok") -> dict:
+        if status != "ok":
+            return {"runtime": runtime, "batch": 8, "status": status, "reason": "onnxruntime has no CUDA provider"}
+        return {"runtime": runtime, "batch": 8, "status": "ok", "throughput": 8 / (median_ms / 1e3),
+                "first_call_s": 0.5, "stats": {"median_s": median_ms / 1e3, "p90_s": median_ms * 1.1 / 1e3}}
+
+    (tmp_path / "environment.json").write_text(json.dumps(
+        {"gpu": "NVIDIA H100 80GB HBM3", "torch": "2.9", "tensorflow": report.TF_NOTE}))
+    (tmp_path / "bench_resnet50_inference.json").write_text(json.dumps(
+        {"model": "resnet50", "preset": "standard", "task": "inference", "config": {"device_resolved": "cuda"},
+         "cells": [cell("torch-eager", 4.0), cell("keras-jax", 2.5), cell("ort-cuda", 0, "skipped")]}))
+    (tmp_path / "fidelity_resnet50_inference.json").write_text(json.dumps({"rows": [
+        {"runtime": "torch-eager", "batch": 32, "status": "ok", "ratio": 1.012, "within_band": True,
+         "bare_clock": "CUDA events around the call"}]}))
+    (tmp_path / "parity.json").write_text(json.dumps({"reference": "torch on the CPU, float32", "rule": "r", "rows": [
+        {"model": "vit", "precision": "fp32", "runtime": "keras-jax", "status": "ok", "device": "cuda:0 H100",
+         "output": "logits", "max_abs": 3.1e-6, "max_rel_of_scale": 1.2e-6, "atol": 2e-5, "passed": True}]}))
+    text = report.report(tmp_path).read_text()
+    assert "Card: NVIDIA H100 80GB HBM3" in text
+    assert "**TensorFlow: not measured on this GPU (not installable there)**" in text
+    assert "| 8 | keras-jax | 2.5 | 2.75 | 3,200 | 500 | 1.60x |" in text  # 4.0 ms / 2.5 ms
+    assert "| 8 | torch-eager | 4 | 4.4 | 2,000 | 500 | 1.00x |" in text
+    assert "| 8 | ort-cuda | skipped: onnxruntime has no CUDA provider |" in text
+    assert "| vit | fp32 | keras-jax | cuda:0 H100 | logits | 3.10e-06 | 1.2e-06 | 2.00e-05 | ok |" in text
+    assert "| torch-eager | 32 | 1.012 | yes | CUDA events around the call |" in text

@@ -55,11 +55,11 @@ def lower(graph: Graph, *, target: str, source: str, model: str,
     outputs = []
     for name in graph.outputs:
         rank = len(low.shape(name) or ())
-        p = low.perm(name)
-        spatial = p in (lay.channels_last(rank), lay.channels_first(rank))
-        want = low.native(rank) if spatial and low.source == "torch" else lay.identity(rank)
-        if spatial and low.source == "tf":  # the source's output is channels-last: the twin's is native
-            want = lay.channels_first(rank) if not low.channels_last else lay.identity(rank)
+        # a feature map leaves in the twin's own layout, as the source's leaves in its own; the rest as is
+        spatial = rank > 2 and low.perm(name) != lay.identity(rank)
+        want = lay.identity(rank)
+        if spatial:
+            want = lay.channels_last(rank) if low.source == "torch" else lay.channels_first(rank)
         outputs.append((low.get(name, want, "output"), name))
     return Program(model, source, inputs, low.ops, outputs, low.channels_last,
                    [(i.name, perms[i.name]) for i in inputs], {var: low.perm(name) for var, name in outputs})

@@ -14,7 +14,6 @@ from pathlib import Path
 from types import ModuleType
 
 from converters.errors import OutputError
-from converters.files import default_file_mode
 
 
 @contextmanager
@@ -32,8 +31,9 @@ def staged_folder(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
             from exc
     try:
         yield stage
-        mode = default_file_mode()
-        os.chmod(stage, mode | 0o111 & ~(0o666 & ~mode))  # what mkdir would give, not mkdtemp's 0700
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(stage, 0o777 & ~mask)  # what mkdir would give, not mkdtemp's 0700
         if out.exists():
             shutil.rmtree(out)
         os.replace(stage, out)

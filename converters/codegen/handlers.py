@@ -207,10 +207,11 @@ def _pool(low: Lowering, n: Any) -> None:
     var = low.get(n.input[0], low.native(rank), low.label(n))
     kind = "maxpool" if n.op_type == "MaxPool" else "avgpool"
     padding = padding_for(low, n.input[0], kernel, strides, (1,) * spatial, pads)
-    if kind == "avgpool" and padding not in ("valid", None) and not int(a.get("count_include_pad", 0)):
-        padding = None if not low.channels_last else padding  # torch counts pads unless told: pad explicitly
-        if padding is None:
-            raise _unsupported(n, "average pooling that excludes pads from the count")
+    if kind == "avgpool" and padding != "valid":
+        if int(a.get("count_include_pad", 0)):  # pads count: Keras's 'same' would not count them, pad first
+            padding = None if low.channels_last else padding
+        elif not (low.channels_last and padding == "same"):  # torch's pooling and a zero pad both count them
+            raise _unsupported(n, "average pooling that excludes its pads from the count")
     if padding is None:
         value = float("-inf") if kind == "maxpool" else 0.0
         var, padding = prepad(low, var, rank, pads, value, low.label(n)), "valid"

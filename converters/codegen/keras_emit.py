@@ -27,8 +27,10 @@ def _layer(op: Op) -> str:
     assert g is not None
     if g.kind == "dense":
         units = int(g.tensors["kernel"].shape[1])  # type: ignore[union-attr]
-        bias = {} if has_bias(op) else {"use_bias": False}
-        return f"layers.Dense({units}, {_kw(**bias, name=name)})"
+        extra: dict[str, Any] = {} if has_bias(op) else {"use_bias": False}
+        if op.attrs.get("activation"):
+            extra["activation"] = op.attrs["activation"]
+        return f"layers.Dense({units}, {_kw(**extra, name=name)})"
     if g.kind == "conv":
         w = g.tensors["weight"]
         assert w is not None
@@ -195,6 +197,27 @@ def branches(program: Program) -> dict[int, int]:
     return found
 
 
+def fuse_activations(program: Program) -> Program:
+    """A Dense followed only by a ReLU becomes ``Dense(..., activation="relu")``, as Keras models are
+    written (and as the porter's diagnostics find a Dense that feeds a Reshape)."""
+    import dataclasses
+
+    uses = program.uses()
+    ops: list[Op] = []
+    skip = -1
+    for k, op in enumerate(program.ops):
+        if k == skip:
+            continue
+        nxt = program.ops[k + 1] if k + 1 < len(program.ops) else None
+        if op.kind == "layer" and op.group is not None and op.group.kind == "dense" and nxt is not None \
+                and nxt.kind == "relu" and nxt.args == [op.out] and uses.get(op.out) == 1:
+            ops.append(dataclasses.replace(op, out=nxt.out, attrs={**op.attrs, "activation": "relu"}))
+            skip = k + 1
+            continue
+        ops.append(op)
+    return dataclasses.replace(program, ops=ops)
+
+
 def _common_name(names: list[str]) -> str:
     parts = [n.split(".") for n in names]
     common = []
@@ -213,6 +236,7 @@ def render(program: Program, header: str) -> str:
         shape = tuple(i.shape)
         kw = {"shape": shape, "name": i.name, **({"dtype": i.dtype} if i.dtype != "float32" else {})}
         body.append(call_line(f"{names[i.var]} = keras.Input(", _kw(**kw), ")"))
+    program = fuse_activations(program)
     wrap = branches(program)
     taken = {op.name for op in program.ops}
     k = 0

@@ -75,7 +75,7 @@ def run_handler(args: argparse.Namespace) -> int:
         print(f"parity {args.command}: error: out of memory ({type(exc).__name__}: {one_line(exc)}); use a "
               "smaller --batch or --preset, or a machine with more memory", file=sys.stderr)
         return EXIT_USAGE
-    except ZeroDivisionError:
+    except KeyboardInterrupt:
         print(f"\nparity {args.command}: interrupted; no output files were left behind", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # `parity list | head`: the reader left; not an error of ours

@@ -57,6 +57,8 @@ def add_command(sub: Any) -> None:
     p.add_argument("--min-runs", type=positive_int, help="bench cells: minimum timed calls")
     p.add_argument("--out", default="sweep-results",
                    help="results folder: cells/<id>.json and sweep.json (default: sweep-results)")
+    p.add_argument("--no-html", dest="html", action="store_false",
+                   help="do not write OUT/report.html (every cell's result on one page, as `parity report`)")
     p.add_argument("--address", help="join this Ray cluster (e.g. head-node:6379 or 'auto'); default: start a "
                                      "local one")
     p.add_argument("--num-cpus", type=positive_int, help="local cluster: CPUs to offer (default: all)")
@@ -96,7 +98,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     spec = spec_from_args(args)
     cells = spec.cells()
     try:
-        report = run_sweep(cells, out, address=args.address, num_cpus=args.num_cpus)
+        report = run_sweep(cells, out, address=args.address, num_cpus=args.num_cpus, html=args.html)
     except KeyboardInterrupt:
         print("parity sweep: interrupted; finished cells are saved, rerun the same command to run the rest")
         return 130
@@ -108,5 +110,6 @@ def finish(report: Any, out: Path) -> int:
     from parity.sweep import format_summary
 
     print(format_summary(report.records))
-    print(f"results: {out / 'cells'}/*.json, index {report.index}")
+    page = f", HTML report {report.html}" if report.html else ""
+    print(f"results: {out / 'cells'}/*.json, index {report.index}{page}")
     return EXIT_OK if report.passed else EXIT_MISMATCH

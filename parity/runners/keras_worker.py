@@ -176,7 +176,7 @@ def bench(model_path: str, backend: str, device: str, job: dict[str, Any]) -> li
             m = measure(prepared.call, prepared.sync, budget_s=job["budget_s"], min_runs=job["min_runs"],
                         warmup=job["warmup"], warmup_s=job["warmup_s"])
             row.update({"status": "ok", "first_call_s": m.first_call_s, "warmup_runs": m.warmup_runs,
-                        "stats": m.stats.to_dict(), "samples_s": list(keep_samples(m.samples))[:3],
+                        "stats": m.stats.to_dict(), "samples_s": list(keep_samples(m.samples)),
                         "execution": prepared.execution,
                         "peak_memory_bytes": memory["peak"](), "memory_source": memory["source"],
                         "memory_comparable": memory["comparable"]})

@@ -22,6 +22,7 @@ from typing import Any
 
 from parity.errors import ParityError, UsageError
 from parity.sweep.matrix import SweepCell, SweepSpec
+from parity.sweep.report import write_html
 from parity.sweep.store import load_done, make_record, prepare, write_index, write_record
 
 Execute = Callable[[SweepCell], dict[str, Any]]
@@ -37,6 +38,7 @@ class SweepReport:
     ran: list[str] = field(default_factory=list)  # ids of cells executed now
     resumed: list[str] = field(default_factory=list)  # ids skipped: a matching result was on disk
     index: Path | None = None
+    html: Path | None = None  # OUT/report.html (``parity.report``), when written
 
     @property
     def passed(self) -> bool:
@@ -48,8 +50,9 @@ class SweepReport:
 
 def run_sweep(spec: SweepSpec | Sequence[SweepCell], out: Path, *, address: str | None = None,
               num_cpus: int | None = None, execute: Execute | None = None,
-              progress: Callable[[str], None] | None = None) -> SweepReport:
-    """Run every cell of ``spec`` not already done in ``out``; write one JSON per cell and ``sweep.json``.
+              progress: Callable[[str], None] | None = None, html: bool = True) -> SweepReport:
+    """Run every cell of ``spec`` not already done in ``out``; write one JSON per cell, ``sweep.json``
+    and (``html``) ``report.html``.
 
     Joins the Ray cluster at ``address``, uses the one this process already initialised, or
     starts a local one (``num_cpus``: default all cores, one node with ``bench_slot: 1``).
@@ -84,7 +87,8 @@ def run_sweep(spec: SweepSpec | Sequence[SweepCell], out: Path, *, address: str 
             session.close()
     ordered = [records[c.id] for c in cells]
     index = write_index(out, ordered)
-    return SweepReport(ordered, ran=ran, resumed=resumed, index=index)
+    page = write_html(out, ordered) if html else None
+    return SweepReport(ordered, ran=ran, resumed=resumed, index=index, html=page)
 
 
 class RaySession:

@@ -23,6 +23,6 @@ def format_summary(records: list[dict[str, Any]]) -> str:
         rows.append(f"{r['id']:<{width}}{r['status']:<9}{worst:>11}{seconds:>9}{r.get('attempts', 0):>6}  {note}")
     counts = {s: sum(r["status"] == s for r in records) for s in ("passed", "failed", "error")}
     resumed = sum(bool(r.get("resumed")) for r in records)
-    rows.append(f"{len(records)} cells: {counts['passed']} passed, {counts['failed']} failed, "
+    rows.append(f"{len(records)} cell{'s' if len(records) != 1 else ''}: {counts['passed']} passed, {counts['failed']} failed, "
                 f"{counts['error']} errors" + (f" ({resumed} resumed from earlier runs)" if resumed else ""))
     return "\n".join(rows)

@@ -18,8 +18,13 @@ The activation after every named layer is captured in each runtime:
 Rows are aligned by layer name (zoo twins share names; a stacked torch RNN ``lstm``
 is twinned by its last Keras layer ``lstm.l{n-1}``) and otherwise through the port
 report's mapping. Every value is brought to the torch layout (NCHW, NCL, batch-first)
-before it is compared, and a Keras layer's fused activation (``Dense(activation=...)``)
-is applied to the other runtimes' values of that layer, which stop before it.
+before it is compared. A Keras layer's fused activation (``Dense(activation=...)``) is its
+own step, never copied from one side to the other: the layer's row compares Keras's value
+before the activation (the layer called again with it switched off) with the other runtimes',
+and the next row, ``layer +act``, compares Keras's value after it with what the torch twin
+feeds the Keras consumer's twin (or returns as the model output). That row shares its
+layer's depth. A row passes when every element has ``|a - b| <= atol + rtol * |b|``; its
+``ratio`` is the worst element's ``|a - b| / (atol + rtol * |b|)``, shown in the table and plot.
 
 Tolerances grow with depth: the given tolerance (the spec's, relative to each
 activation's scale) is the budget at the output, after all D compared layers. float32

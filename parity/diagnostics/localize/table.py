@@ -247,7 +247,7 @@ def _post_row(p: Pair, pairs: Sequence[Pair], tcap: Capture, kcap: Capture, refe
     if moved is None:
         pre.notes.append(f"after Keras's fused {act}: tf {k_val.shape} does not fit torch {t_val.shape}")
         return None
-    values = {"torch": kcap.activation[p.keras](tcap.values[p.torch]), "tf": moved[0]}
+    values = {"torch": t_val, "tf": moved[0]}
     ref = reference if reference in values else "torch"
     row = LayerRow(index=0, layer=f"{pre.layer}{POST}{act}", torch=p.torch, keras=p.keras,
                    kind=f"{act} activation", shape=list(values[ref].shape), reference=ref,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from converters.codegen.compile import lower
+from converters.codegen.compile import lower_graph
 from converters.codegen.program import Program
 from converters.graph import Graph, fold, load_onnx
 
@@ -65,7 +65,7 @@ def generate_from_graph(graph: Graph, target: str, *, model: str, origin: str = 
     """The twin's source from a folded graph; ``target`` is 'tf' (Keras 3) or 'torch'."""
     from converters.codegen import keras_emit, torch_emit
 
-    program = lower(graph, target=target, source=source_framework(graph), model=model,
+    program = lower_graph(graph, target=target, source=source_framework(graph), model=model,
                     spatial_inputs=spatial_inputs, hints=hints)
     head = header(graph, target, model, origin or model)
     code = (keras_emit if target == "tf" else torch_emit).render(program, head)

@@ -18,7 +18,7 @@ from converters.params import ParamGroup, param_groups
 from converters.rules.base import node_name
 
 
-def lower(graph: Graph, *, target: str, source: str, model: str,
+def lower_graph(graph: Graph, *, target: str, source: str, model: str,
           spatial_inputs: set[str] | None = None, hints: dict[str, dict[str, Any]] | None = None) -> Program:
     """The program of the twin of ``graph`` in ``target`` ('tf': Keras 3, 'torch').
 

@@ -66,10 +66,16 @@ def _load(path: Path) -> Any:
 
 def bench_tables(folder: Path) -> list[str]:
     lines: list[str] = []
+    eager: dict[tuple[Any, ...], float] = {}  # torch eager's median per model, task, device and batch, over all files
+    for path in sorted(folder.glob("bench_*.json")):
+        data = _load(path)
+        for c in data["cells"]:
+            if c["runtime"] == "torch-eager" and c.get("stats"):
+                eager[_key(data) + (c["batch"],)] = c["stats"]["median_s"]
     for path in sorted(folder.glob("bench_*.json")):
         data = _load(path)
         cells = data["cells"]
-        base = {c["batch"]: c["stats"]["median_s"] for c in cells if c["runtime"] == "torch-eager" and c.get("stats")}
+        base = {b: m for (*k, b), m in eager.items() if tuple(k) == _key(data)}
         lines += ["", f"### {data['model']} ({data['preset']}) {data['task']} on {data['config']['device_resolved']} "
                       f"({path.name})", "",
                   "| batch | runtime | median ms | p90 ms | samples/s | first call ms | speed-up vs torch-eager |",
@@ -84,6 +90,10 @@ def bench_tables(folder: Path) -> list[str]:
                          f"{c['throughput']:,.0f} | {(c['first_call_s'] or 0) * 1e3:.4g} | {up} |")
         _plot(data, folder / path.with_suffix(".png").name)
     return lines
+
+
+def _key(data: dict[str, Any]) -> tuple[Any, ...]:
+    return data["model"], data["preset"], data["task"], data["config"]["device_resolved"]
 
 
 def _plot(data: dict[str, Any], path: Path) -> None:

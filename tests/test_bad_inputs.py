@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
@@ -455,6 +456,54 @@ def test_api_source_is_left_in_training_mode(mlp: Any) -> None:
     source.train()
     check_runs(source, [x], "source", "example_inputs")
     assert all(m.training for m in source.modules())
+
+
+CHECK_MODELS_CASES = [
+    ("wrong-shape", lambda keras_model: keras_model(), {"x": np.zeros((2, 3, 5, 5), np.float32)}, {},
+     "fits the Keras input (8, 8, 3) neither as is nor channels-last"),
+    ("unbuilt-keras", lambda keras_model: __import__("keras").Sequential([__import__("keras").layers.Dense(4)]),
+     {"x": (3, 8, 8)}, {}, "declares no inputs"),
+    ("not-a-model", lambda keras_model: {"a": 1}, {"x": (3, 8, 8)}, {}, "got builtins.dict"),
+    ("negative-dim", lambda keras_model: keras_model(), {"x": (3, -8, 8)}, {}, "has a dimension below 1"),
+    ("tolerance-nan", lambda keras_model: keras_model(), {"x": (3, 8, 8)}, {"tolerance": float("nan")},
+     "got nan"),
+]
+
+
+@pytest.mark.parametrize("target, inputs, options, expect",
+                         [pytest.param(t, i, o, e, id=n) for n, t, i, o, e in CHECK_MODELS_CASES])
+def test_api_check_models_misuse(target: Callable[[Any], Any], inputs: Any, options: dict[str, Any],
+                                 expect: str) -> None:
+    from examples.own_models import keras_model, torch_model
+    from parity import check_models
+    from parity.errors import ParityError
+
+    with pytest.raises(ParityError, match=re.escape(expect)):
+        check_models(torch_model(), target(keras_model), inputs, **options)
+
+
+def test_check_refuses_nan_weights_naming_where(tmp_path: Path) -> None:
+    """A zoo check whose source twin holds one NaN stops at the port, naming the tensor and the count."""
+    import dataclasses
+
+    import zoo
+    from converters.errors import NonFiniteWeightsError
+    from parity.check import CheckOptions, run_check
+
+    spec = zoo.get("mlp")
+
+    def broken(cfg: object) -> Any:
+        import torch
+
+        model = spec.torch_builder(cfg)
+        with torch.no_grad():
+            model.head.weight[0, 0] = float("nan")
+            model.head.weight[1, 1] = float("inf")
+        return model
+
+    with pytest.raises(NonFiniteWeightsError, match=r"'head.weight' \(1 NaN, 1 Inf of 640\)"):
+        run_check(CheckOptions(model="mlp", out=tmp_path / "o"), spec=dataclasses.replace(spec, torch_builder=broken),
+                  progress=lambda message: None)
 
 
 def test_api_nan_weights_refused_then_allowed(files: dict[str, Path]) -> None:

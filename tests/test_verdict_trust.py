@@ -83,6 +83,12 @@ def test_plot_draws_the_rule(tmp_path: Path) -> None:
     assert path.stat().st_size > 1000
     worst = max(y for pts in plot_series(report).values() for _, y in pts)
     assert worst > 1.0 and not report.passed
+    from parity.diagnostics import layer_ticks
+
+    depths, names = layer_ticks(report)  # the x axis names the layers, not depth numbers
+    compared = [r for r in report.rows if r.depth]
+    assert names == [r.layer for r in compared] and depths == [r.depth for r in compared]
+    assert len(layer_ticks(report, most=2)[1]) <= 2
 
 
 # ----------------------------------------------------------------------------- 3. fused activations

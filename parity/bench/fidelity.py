@@ -44,7 +44,7 @@ def bare_loop(call: Callable[[], Any], sync: Callable[[], Any], runs: int, cuda_
     return times
 
 
-def fidelity(call: Callable[[], Any], sync: Callable[[], Any], *, rounds: int = 3, round_s: float = ROUND_S,
+def fidelity(call: Callable[[], Any], sync: Callable[[], Any], *, rounds: int = 5, round_s: float = ROUND_S,
              cuda_events: Any = None, warm_s: float = 0.2) -> dict[str, Any]:
     """Engine median / bare-loop median for one already-built call, as a dict with the verdict."""
     warm = measure(call, sync, budget_s=warm_s, min_runs=10)  # warms the shape, sets the runs per round

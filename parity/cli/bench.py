@@ -23,7 +23,6 @@ from parity.cli.common import (
     check_input_memory,
     check_some_gpu,
     path_arg,
-    positive_int,
     seed,
 )
 from parity.errors import UsageError
@@ -53,7 +52,7 @@ def _add_bench(subparsers: Any) -> None:
     p.add_argument("--batch", default="1,8,32", help="comma-separated batch sizes (default: 1,8,32)")
     p.add_argument("--train", action="store_true",
                    help="time one training step (forward, cross-entropy, backward, SGD lr 0.01 momentum 0.9)")
-    p.add_argument("--threads", type=positive_int, default=None,
+    p.add_argument("--threads", type=int, default=None,
                    help="intra-/inter-op threads for every framework (default: all usable cores)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--precision", default="fp32", choices=("fp32", "tf32", "fp16", "bf16"),
@@ -139,8 +138,13 @@ def _spec(name: str, preset: str) -> Any:
 
 def _check_writable(path: Path | None, option: str) -> None:
     """Fail before a long run, not after it, when an output cannot be written (a real temporary file)."""
+    from converters.errors import OutputError
+
     if path is not None:
-        probe_writable_file(path, option)
+        try:
+            probe_writable_file(path, option)
+        except OutputError as exc:
+            raise UsageError(str(exc)) from None
 
 
 def config_from_args(args: argparse.Namespace) -> Any:

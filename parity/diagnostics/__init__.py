@@ -170,7 +170,7 @@ def plot_layers(layers: LayerReport, path: Path, title: str = "") -> Path:
         raise UsageError(f"--plot {path}: no layer could be compared, so there is nothing to plot")
     if path.parent and not path.parent.is_dir():
         raise UsageError(f"--plot {path}: the folder {path.parent} does not exist")
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.25 * len(rows) + 3), 4.5))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.25 * min(len(rows), 60) + 3), 5.5))
     series = plot_series(layers)
     for label, pts in series.items():
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=label)
@@ -181,7 +181,8 @@ def plot_layers(layers: LayerReport, path: Path, title: str = "") -> Path:
         ax.annotate(f"first over tolerance:\n{first.layer}", (first.depth, ax.get_ylim()[1]),
                     fontsize=7, color="red", va="top")
     ax.set_yscale("log")
-    ax.set_xlabel("depth (compared layers in forward order)")
+    ax.set_xticks(*layer_ticks(layers), rotation=90, fontsize=6)
+    ax.set_xlabel("layer (forward order)")
     ax.set_ylabel("max |a - b| / (atol + rtol |b|)")
     ax.set_title(title or "layer-by-layer error")
     ax.legend(fontsize=7)
@@ -189,6 +190,14 @@ def plot_layers(layers: LayerReport, path: Path, title: str = "") -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def layer_ticks(layers: LayerReport, most: int = 60) -> tuple[list[int], list[str]]:
+    """The plot's x ticks: each compared layer's depth and name (past ``most`` layers every k-th is
+    named, so that the labels do not overlap)."""
+    rows = [r for r in layers.rows if r.depth]
+    named = rows[::max(1, -(-len(rows) // most))]
+    return [r.depth for r in named], [r.layer for r in named]
 
 
 def plot_series(layers: LayerReport, floor: float = 1e-6) -> dict[str, list[tuple[int, float]]]:

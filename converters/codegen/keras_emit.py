@@ -170,16 +170,17 @@ def branches(program: Program) -> dict[int, int]:
     """Shortcut branches to wrap in a ``keras.Sequential``: {index of first op: index of last op}.
 
     A functional model lists its layers by depth, which puts a residual's shortcut layers between
-    the main branch's; the porter (and a reader) wants them in forward order. A chain of layers
-    that starts at a fork, ends in a merge (not as its first operand) and has two or more layers
-    becomes one nested model, listed after the main branch, as torchvision's ``downsample`` is.
+    the main branch's; the porter (and a reader) wants them in forward order. A chain of two or
+    more parametric layers that starts at a fork and ends in a residual Add (not as its first
+    operand) becomes one nested model, listed after the main branch, as torchvision's
+    ``downsample`` is.
     """
     uses = program.uses()
     ops = program.ops
     producer = {op.out: k for k, op in enumerate(ops)}
     found: dict[int, int] = {}
     for op in ops:
-        if op.kind not in ("add", "concat") or len(op.args) < 2:
+        if op.kind != "add" or len(op.args) < 2:
             continue
         for arg in op.args[1:]:
             end = producer.get(arg)
@@ -190,7 +191,8 @@ def branches(program: Program) -> dict[int, int]:
                 if prev is None or _ctor(ops[prev]) is None or uses.get(ops[prev].out, 0) != 1:
                     break
                 start = prev
-            if start is not None and end is not None and end > start and _ctor(ops[start]) is not None \
+            if start is not None and end is not None and end > start \
+                    and all(ops[j].kind == "layer" for j in range(start, end + 1)) \
                     and uses.get(ops[start].args[0], 0) > 1 and all(producer.get(ops[j].args[0]) == j - 1
                                                                      for j in range(start + 1, end + 1)):
                 found[start] = end

@@ -30,6 +30,14 @@ def _spatial(low: Lowering, g: ParamGroup) -> None:
     rank = len(low.perm(src))
     native = low.native(rank)
     name = low.layer_name(g)
+    out_rank = len(low.shape(g.output) or ()) or rank
+    if out_rank != rank:
+        from converters.errors import UnsupportedLayerError
+
+        raise UnsupportedLayerError(
+            f"cannot generate layer {name!r} (ONNX {'+'.join(g.nodes)}): a rank-{out_rank} layer computed as a "
+            f"rank-{rank} {g.kind} between Unsqueeze and Squeeze (how tf2onnx writes a Keras Conv1D) has no "
+            "generator yet; export a torch Conv1d, or convert to Keras from the torch side")
     var = low.get(src, native, name)
     attrs: dict[str, Any] = {"rank": rank}
     if g.kind == "batchnorm" and g.attrs.get("epsilon") is None:

@@ -66,7 +66,8 @@ def run_user_check(args: argparse.Namespace) -> CheckResult:
         precision=args.precision, exporter=args.exporter, lossless=args.lossless, strict=args.strict, out=args.out,
         layers=args.layers, grads=args.grads, train_steps=args.train_steps, loss=args.loss, plot=args.plot,
         optimizers=("sgd", "adam") if args.optimizer == "both" else (args.optimizer,),
-        strict_tolerances=args.strict_tolerances, port=args.port, save_outputs=args.save_outputs)
+        strict_tolerances=args.strict_tolerances, port=args.port, save_outputs=args.save_outputs,
+        runtimes=tuple(r.strip() for r in args.runtimes.split(",") if r.strip()) if args.runtimes else None)
     from parity.api import check_pair, print_progress
 
     pair = (torch_model, keras_model) if source == "torch" else (keras_model, torch_model)

@@ -222,3 +222,36 @@ def enforce(findings: Sequence[Finding], strict: bool) -> None:
             f"{len(findings)} semantic mismatch(es) between the twins (strict mode); first: {findings[0].message}. "
             "Set the target's hyperparameter to the source's value"
         )
+
+
+def optimizer_settings(opt: Any) -> dict[str, Any]:
+    """A torch or Keras optimizer's weight decay as set: its factor (per parameter group where the groups
+    differ) and its semantics. torch ``Adam``/``SGD(weight_decay=)`` add ``wd * p`` to the gradient
+    (L2-coupled: Adam then normalises it); torch ``AdamW`` and every Keras optimizer's ``weight_decay``
+    are decoupled (``p -= lr * wd * p``, outside the moments). Which parameters are decayed (torch groups,
+    Keras ``exclude_from_weight_decay``) is compared by training parity, per parameter."""
+    groups = getattr(opt, "param_groups", None)
+    if groups is not None:  # torch; groups without decay are the torch spelling of Keras's exclusions
+        factors = sorted({float(g.get("weight_decay", 0.0)) for g in groups} - {0.0}) or [0.0]
+        decoupled = any(bool(g.get("decoupled_weight_decay", False)) for g in groups)
+        wd: Any = factors[0] if len(factors) == 1 else factors
+        kind = f"torch.optim.{type(opt).__name__}"
+    else:
+        wd = float(opt.weight_decay) if getattr(opt, "weight_decay", None) is not None else 0.0
+        decoupled, kind = True, f"keras.optimizers.{type(opt).__name__}"
+    if wd == 0.0:
+        return {"optimizer": kind, "weight_decay": 0.0, "decay": "none"}
+    return {"optimizer": kind, "weight_decay": wd,
+            "decay": "decoupled (p -= lr*wd*p)" if decoupled else "L2-coupled (wd*p added to the gradient)"}
+
+
+def lint_optimizers(source: Any, target: Any) -> list[Finding]:
+    """The twins' optimizers compared: weight decay factor and semantics, naming both settings."""
+    s, t = optimizer_settings(source), optimizer_settings(target)
+    out = []
+    for name in ("weight_decay", "decay"):
+        if s[name] != t[name] and not (isinstance(s[name], float) and isinstance(t[name], float)
+                                       and not _differs(s[name], t[name])):
+            out.append(Finding(f"optimizer {s['optimizer']}", f"optimizer {t['optimizer']}", f"optimizer.{name}",
+                               s[name], t[name]))
+    return out

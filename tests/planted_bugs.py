@@ -13,6 +13,12 @@ The harness runs the checker's own parts on the pair (no ONNX: the weights are c
 the target table that the port writes with, ``converters.targets``): the output comparison with
 the spec's tolerance, ``localize``, ``gradient_parity`` and ``train_parity``. ``python
 tests/planted_bugs.py`` runs the whole matrix (3 seeds x 2 batch sizes) and prints the table.
+``run_pipeline`` gives the same verdict through the real pipeline (``parity.api.check_models``:
+ONNX export, port, every runtime), which tests/test_planted_bugs.py compares with the harness's.
+
+The mlp twins also train with their own optimizers (``user_optimizers``: AdamW, weight decay on
+the kernels only); the optimiser bugs change one of those two optimizers, and must fail that run
+alone, localised to the parameters decayed on one side only.
 """
 
 from __future__ import annotations
@@ -71,7 +77,12 @@ BUGS = [
     Bug("weight_decay_torch", "mlp", "torch", "regularisation", "grads", "fc2", "regularizers={'kernel': {'l2': 1e-2}}"),
     Bug("frozen_head_keras", "mlp", "tf", "frozen layers", "grads", "head", "head.trainable = False"),
     Bug("frozen_bias_torch", "mlp", "torch", "frozen layers", "grads", "fc1", "fc1.bias.requires_grad_(False)"),
+    Bug("adamw_default_decay", "mlp", "tf", "optimiser", "train", "fc1", "keras AdamW() (decay 0.004) for torch's 0.01"),
+    Bug("adam_l2_for_adamw", "mlp", "torch", "optimiser", "train", "fc1", "torch Adam(weight_decay=) for AdamW"),
+    Bug("bias_decayed_keras", "mlp", "tf", "optimiser", "train", "fc1.bias", "no exclude_from_weight_decay(bias)"),
+    Bug("sgd_decay_coupled", "mlp", "torch", "optimiser", "train", "fc1", "torch SGD(weight_decay=) (coupled)"),
 ]
+OPTIMIZER_BUGS = ("adamw_default_decay", "adam_l2_for_adamw", "bias_decayed_keras", "sgd_decay_coupled")
 
 
 def _vision(bug: str) -> tuple[Any, Any, dict[str, tuple[int, ...]]]:
@@ -206,6 +217,28 @@ def _mlp(bug: str) -> tuple[Any, Any, dict[str, tuple[int, ...]]]:
     return tm, km, {"x": (8,)}
 
 
+def user_optimizers(bug: str, tm: Any, km: Any) -> tuple[Any, Any]:
+    """The mlp twins' own optimizers: AdamW with weight decay 0.01 on the kernels only (torch parameter
+    groups, Keras ``exclude_from_weight_decay``), or the optimiser bug's one line."""
+    import keras
+    import torch
+
+    lr = 1e-4
+    if bug == "sgd_decay_coupled":  # torch's SGD weight decay enters the momentum, Keras's does not
+        return (torch.optim.SGD(tm.parameters(), lr=1e-3, momentum=0.9, weight_decay=0.01),
+                keras.optimizers.SGD(1e-3, momentum=0.9, weight_decay=0.01))
+    weights = [p for n, p in tm.named_parameters() if n.endswith("weight")]
+    biases = [p for n, p in tm.named_parameters() if not n.endswith("weight")]
+    groups = [{"params": weights, "weight_decay": 0.01}, {"params": biases, "weight_decay": 0.0}]
+    if bug == "adamw_default_decay":
+        return torch.optim.AdamW(tm.parameters(), lr=lr), keras.optimizers.AdamW(lr, epsilon=1e-8)
+    t_opt = torch.optim.Adam(groups, lr=lr) if bug == "adam_l2_for_adamw" else torch.optim.AdamW(groups, lr=lr)
+    k_opt = keras.optimizers.AdamW(lr, weight_decay=0.01, epsilon=1e-8)  # torch's epsilon, not Keras's 1e-7
+    if bug != "bias_decayed_keras":
+        k_opt.exclude_from_weight_decay(var_names=["bias"])
+    return t_opt, k_opt
+
+
 PAIRS: dict[str, Callable[[str], tuple[Any, Any, dict[str, Any]]]] = {
     "vision": _vision, "seq": _seq, "attn": _attn, "mlp": _mlp}
 
@@ -256,6 +289,7 @@ def run(pair: str, bug: str, seed: int, batch: int, levels: tuple[str, ...] = LE
     from parity.diagnostics.grads import gradient_parity
     from parity.diagnostics.localize import depth_tolerance, localize
     from parity.diagnostics.training import default_optimizer, train_parity
+    from parity.diagnostics.user_optimizers import pair_config
 
     tm, km, spec = build(pair, bug, seed)
     inputs = spec.example_inputs(batch, seed)
@@ -280,12 +314,44 @@ def run(pair: str, bug: str, seed: int, batch: int, levels: tuple[str, ...] = LE
         adam = default_optimizer("adam")
         if bug == "adam_eps_defaults":  # the one line: each framework's own epsilon
             adam = dataclasses.replace(adam, epsilon=None)
-        report = train_parity(spec, tm, km, steps=3, optimizers=[default_optimizer("sgd"), adam], batch=batch,
-                              seed=seed)
+        configs = [default_optimizer("sgd"), adam]
+        if pair == "mlp":  # the twins' own optimizers, weight decay included
+            configs.append(pair_config(user_optimizers(bug, tm, km), tm, km))
+        report = train_parity(spec, tm, km, steps=3, optimizers=configs, batch=batch, seed=seed)
         failed = [name for name, r in report.runs.items() if not r.passed]
         seen["train"] = bool(failed)
+        if bug in OPTIMIZER_BUGS and failed != [configs[-1].run_name]:  # the default runs must not fail
+            seen["train"] = False
         where["train"] = ("adam" if failed == ["adam"] and bug == "adam_eps_defaults" else
                           next((report.runs[n].first_divergence for n in failed), None))
+    return Outcome(bug, pair, seed, batch, seen, where)
+
+
+def run_pipeline(pair: str, bug: str, seed: int, batch: int, level: str = "outputs") -> Outcome:
+    """The same verdict through the real pipeline: ``parity.api.check_models`` exports the torch twin to
+    ONNX and ports its weights into the Keras twin (no target-table copy), then compares on torch, TF and
+    ONNX Runtime; ``level`` picks the diagnostic (grads: ``grads=True``; train: 3 steps, the mlp
+    twins with their own optimizers, the others with SGD)."""
+    import keras
+    import torch
+
+    from parity.api import check_models
+
+    keras.utils.set_random_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        tm, km, shapes = PAIRS[pair](bug)
+    kwargs: dict[str, Any] = {"grads": level == "grads", "train_steps": 3 if level == "train" else 0}
+    if level == "train":
+        kwargs["optimizers"] = user_optimizers(bug, tm, km) if pair == "mlp" else ("sgd",)
+    result = check_models(tm, km, shapes, batch=batch, seed=seed, layers=True, **kwargs)
+    seen = {"outputs": bool(result.failures), "layers": result.layers is not None and not result.layers.passed}
+    where: dict[str, str | None] = {"outputs": result.layers.first_divergence if result.layers else None}
+    if level == "grads":
+        seen["grads"], where["grads"] = not result.gradients.passed, result.gradients.first_divergence
+    if level == "train":
+        failed = [r for r in result.training.runs.values() if not r.passed]
+        seen["train"], where["train"] = bool(failed), failed[0].first_divergence if failed else None
     return Outcome(bug, pair, seed, batch, seen, where)
 
 

@@ -8,6 +8,7 @@ Only one cell runs a real check (mlp, small); the others run small planted bodie
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import sys
@@ -20,7 +21,7 @@ from parity.cli import sweep as sweep_cli
 from parity.errors import UsageError
 from parity.sweep import SweepCell, SweepSpec, format_summary, load_sweep_file, run_sweep
 from parity.sweep.cells import execute_cell
-from parity.sweep.store import cell_path
+from parity.sweep.store import cell_path, load_done, make_record, prepare, write_record
 
 # ---------------------------------------------------------------- matrix, hashes, config files (no Ray)
 
@@ -81,9 +82,14 @@ def test_config_files_toml_and_json_and_refusals(tmp_path: Path) -> None:
     (tmp_path / "typo.toml").write_text('models = ["mlp"]\nseed = [1]\n')
     with pytest.raises(UsageError, match=r"unknown key\(s\) seed; known: kind, models"):
         load_sweep_file(tmp_path / "typo.toml")
-    (tmp_path / "s.yaml").write_text("models: [mlp]\n")
+    for name in ("s.yaml", "s.yml"):  # PyYAML is not a dependency: one error that says what to write instead
+        (tmp_path / name).write_text("models: [mlp]\n")
+        with pytest.raises(UsageError, match=r"YAML is not read .* as TOML \(a \[sweep\] table, \[\[pair\]\] tables\) "
+                                             r"or as a JSON object: see docs/sweep.md"):
+            load_sweep_file(tmp_path / name)
+    (tmp_path / "s.ini").write_text("models = mlp\n")
     with pytest.raises(UsageError, match="give a .toml or .json file"):
-        load_sweep_file(tmp_path / "s.yaml")
+        load_sweep_file(tmp_path / "s.ini")
     (tmp_path / "types.json").write_text('{"models": "mlp", "batches": ["8"]}')
     with pytest.raises(UsageError, match="take integers"):
         load_sweep_file(tmp_path / "types.json")
@@ -98,6 +104,101 @@ def test_command_line_options_override_the_config(tmp_path: Path) -> None:
     assert (spec.models, spec.seeds, spec.batches, spec.grads) == (("mlp",), (0, 1), (1, 8), True)
     with pytest.raises(UsageError, match="give the models to sweep"):
         sweep_cli.spec_from_args(parser.parse_args(["sweep"]))
+
+
+# ---------------------------------------------------------------- the user's own pairs (no Ray)
+
+TINY = ('torch = "examples.own_models:torch_model"\nkeras = "examples.own_models:keras_model"\n'
+        'inputs = ["x:3x8x8:float32:NCHW"]\n')
+
+
+def write_pair_module(folder: Path, body: str = "return examples.own_models.torch_model()") -> Path:
+    path = folder / "my_pair.py"
+    path.write_text(f"import examples.own_models\n\n\ndef make():\n    {body}\n")
+    return path
+
+
+def test_user_pairs_in_a_config_become_hashed_cells_beside_the_zoo(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # examples.own_models resolves from here
+    module = write_pair_module(tmp_path)
+    config = tmp_path / "sweep.toml"
+    config.write_text(f'[sweep]\nmodels = ["mlp"]\ndirections = "both"\nseeds = [0, 1]\n\n[[pair]]\nname = "tiny"\n'
+                      f'{TINY}\n[[pair]]\nname = "mine"\ntorch = "{module}:make"\n'
+                      f'keras = "examples.own_models:keras_model"\ninputs = "x:3x8x8:NCHW"\ntolerance = 1e-4\n')
+    spec = load_sweep_file(config)
+    cells = spec.cells()
+    assert len(cells) == 3 * 2 * 2  # (mlp + 2 pairs) x 2 directions x 2 seeds
+    assert [(c.model, c.source, c.seed) for c in cells[4:7]] == [("tiny", "torch", 0), ("tiny", "torch", 1),
+                                                                 ("tiny", "tf", 0)]
+    zoo_tf = next(c for c in cells if c.model == "mlp" and c.source == "tf" and c.seed == 0)
+    assert zoo_tf.id == "check-mlp-tf-small-b2-s0-7de3bb4f22"  # a zoo cell's hash is not moved by pairs
+    tiny, mine = cells[4], cells[8]
+    assert tiny.id.startswith("check-tiny-torch-user-b2-s0-") and tiny.preset == "user"
+    assert (tiny.torch, tiny.inputs, tiny.tolerance) == ("examples.own_models:torch_model",
+                                                         ("x:3x8x8:float32:NCHW",), None)
+    assert (mine.inputs, mine.tolerance) == (("x:3x8x8:NCHW",), 1e-4)
+    assert tiny.params["fingerprint"] == hashlib.sha256(
+        b"examples.own_models:torch_model\0" + (Path("examples") / "own_models.py").read_bytes()
+        + b"examples.own_models:keras_model\0" + (Path("examples") / "own_models.py").read_bytes()).hexdigest()
+    assert SweepCell.from_params(json.loads(json.dumps(mine.params))) == mine
+    # the same config hashes the same; an edit of the pair's file (its fingerprint) makes its cells stale
+    assert [c.hash for c in load_sweep_file(config).cells()] == [c.hash for c in cells]
+    out = tmp_path / "out"
+    prepare(out)
+    for cell in cells:
+        write_record(out, cell, make_record(cell, "passed", [], {"worst": 0.1}))
+    module.write_text(module.read_text().replace("torch_model()", "torch_model(seed=1)"))
+    edited = load_sweep_file(config).cells()
+    assert [c.model for c in edited if load_done(out, c) is None] == ["mine"] * 4
+    assert [c.id for c in edited if c.model != "mine"] == [c.id for c in cells if c.model != "mine"]
+    # JSON of the same shape gives the same cells; a config of pairs only has no zoo cells
+    as_json = tmp_path / "sweep.json"
+    as_json.write_text(json.dumps({"directions": ["tf"], "pair": [{"name": "tiny", "torch": tiny.torch, "keras": tiny.keras,
+                                                                    "inputs": list(tiny.inputs)}]}))
+    only = load_sweep_file(as_json).cells()
+    assert [c.id for c in only] == [c.id for c in cells if c.model == "tiny" and c.source == "tf" and c.seed == 0]
+
+
+@pytest.mark.parametrize(("pair", "extra", "words"), [
+    ('name = "tiny"\ntorch = "examples.own_models:torch_model"\nkeras = "k.keras"\n', "",
+     ["pair 'tiny'", "give inputs = [\"NAME:SHAPE"]),
+    (f'name = "tiny"\n{TINY.replace("3x8x8", "3xq")}', "", ["'3xq' is not dimensions joined by 'x'"]),
+    (f'name = "mlp"\n{TINY}', "", ["'mlp' are zoo model names"]),
+    (f'name = "my pair"\n{TINY}', "", ["pair name 'my pair'", "letters, digits"]),
+    (f'name = "tiny"\n{TINY}weights = "w.pt"\n', "", ["unknown key(s) weights; known: name, torch"]),
+    (f'name = "tiny"\n{TINY}', f'\n[[pair]]\nname = "tiny"\n{TINY}', ["'tiny' given twice"]),
+    (f'name = "tiny"\n{TINY}', 'kind = "bench"\n', ["run as check cells", "parity bench --torch"]),
+    (f'name = "tiny"\n{TINY}'.replace("examples.own_models:torch_model", "examples.own_models"), "",
+     ["torch 'examples.own_models' must be pkg.module:factory"]),
+], ids=["no-inputs", "bad-input", "zoo-name", "bad-name", "unknown-key", "twice", "bench", "no-factory"])
+def test_bad_user_pairs_are_refused_before_anything_runs(tmp_path: Path, pair: str, extra: str,
+                                                         words: list[str]) -> None:
+    config = tmp_path / "sweep.toml"
+    top, more = (extra, "") if extra.startswith("kind") else ("", extra)
+    config.write_text(f"{top}[[pair]]\n{pair}{more}")
+    with pytest.raises(UsageError) as info:
+        load_sweep_file(config).cells()
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_the_command_line_names_a_pair_beside_zoo_models(tmp_path: Path) -> None:
+    parser = sweep_cli_parser()
+    own = ["--torch", "examples.own_models:torch_model", "--keras", "examples.own_models:keras_model",
+           "--input", "x:3x8x8:float32:NCHW"]
+    spec = sweep_cli.spec_from_args(parser.parse_args(["sweep", "--models", "mlp", *own, "--name", "tiny",
+                                                       "--tolerance", "1e-4"]))
+    assert spec.models == ("mlp",) and [(p.name, p.tolerance) for p in spec.pairs] == [("tiny", 1e-4)]
+    assert [c.model for c in spec.cells()] == ["mlp", "tiny"]
+    config = tmp_path / "sweep.toml"
+    config.write_text(f'[[pair]]\nname = "first"\n{TINY}')
+    both = sweep_cli.spec_from_args(parser.parse_args(["sweep", "--config", str(config), *own]))
+    assert both.models == () and [p.name for p in both.pairs] == ["first", "user"]
+    for argv, words in ((own[:4], "--input missing"), (["--models", "mlp", "--name", "x"], "--name and --tolerance"),
+                        ([*own[:4], "--input", "x:3x8x8", "--input", "x:8"], "an input is named twice")):
+        with pytest.raises(UsageError, match=words):
+            sweep_cli.spec_from_args(parser.parse_args(["sweep", *argv]))
 
 
 def sweep_cli_parser():  # type: ignore[no-untyped-def]
@@ -229,3 +330,35 @@ def test_a_bench_cell_never_shares_the_node_with_another_running_cell(ray_cluste
     # the bench cell holds the node's bench slot; each logged span lies inside its task's reservation
     for start, end in spans.values():
         assert end <= b_start or start >= b_end, (start, end, b_start, b_end)
+
+
+def test_the_command_line_checks_user_pairs_on_ray_and_exits_1_for_a_killed_cell(
+        ray_cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # the sweep runs from another folder than the cluster's: `boom` resolves only where the driver runs
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "boom.py").write_text("import os\n\n\ndef make():\n    os._exit(3)  # the worker dies loading it\n")
+    example = Path(__file__).resolve().parents[1] / "examples" / "own_models.py"
+    tiny = TINY.replace("examples.own_models:", f"{example}:")
+    config = tmp_path / "sweep.toml"
+    config.write_text(f'[sweep]\ndirections = "both"\n\n[[pair]]\nname = "tiny"\n{tiny}\n'
+                      f'[[pair]]\nname = "boom"\ntorch = "boom:make"\nkeras = "{example}:keras_model"\n'
+                      'inputs = ["x:3x8x8:float32:NCHW"]\n')
+    out = tmp_path / "out"
+    from parity.cli import main
+
+    assert main(["sweep", "--config", str(config), "--out", str(out)]) == 1
+    captured = capsys.readouterr()
+    records = {(r["cell"]["model"], r["cell"]["source"]): r for r in json.loads((out / "sweep.json").read_text())["cells"]}
+    assert sorted(records) == [("boom", "tf"), ("boom", "torch"), ("tiny", "tf"), ("tiny", "torch")]
+    for source in ("torch", "tf"):  # the pair, checked for real from each side in its own worker
+        ok = json.loads((out / "cells" / f"{records['tiny', source]['id']}.json").read_text())
+        assert ok["status"] == "passed" and ok["attempts"] == 1 and ok["result"]["source"] == source
+        assert [c["b"] for c in ok["result"]["comparisons"]] == [source] * 3
+        assert 0 < ok["worst"] < 1  # every runtime within the user-pair default of 1e-5 of the output scale
+        bad = records["boom", source]
+        assert bad["status"] == "error" and bad["attempts"] == 2
+        assert [r.split(":")[0] for r in bad["failed_attempts"]] == ["WorkerCrashedError"] * 2
+    assert "4 cells: 2 passed, 0 failed, 2 errors" in captured.out
+    assert "retrying in a fresh worker" in captured.err
+    assert files_under(out) == sorted([f"cells/{r['id']}.json" for r in records.values()]
+                                      + ["report.html", "sweep.json"])

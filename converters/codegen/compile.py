@@ -8,10 +8,12 @@ from typing import Any
 import numpy as np
 
 import converters.codegen.layer_handlers  # noqa: F401  (registers the layers' handlers)
+import converters.codegen.rnn_handlers  # noqa: F401
 from converters.codegen import layout as lay
 from converters.codegen.handlers import GROUP_HANDLERS, NODE_HANDLERS
 from converters.codegen.lower import Lowering, walk
 from converters.codegen.program import Input, Program
+from converters.codegen.rnn_handlers import sequence_lens_input
 from converters.errors import UnsupportedLayerError
 from converters.graph import Graph
 from converters.params import ParamGroup, param_groups
@@ -31,6 +33,10 @@ def lower_graph(graph: Graph, *, target: str, source: str, model: str,
     if target not in ("tf", "torch"):
         raise ValueError(f"unknown target framework {target!r}; expected 'tf' or 'torch'")
     groups = param_groups(graph)
+    for g in groups:
+        lens = sequence_lens_input(graph, g)
+        if lens:
+            g.attrs["extra_inputs"] = (lens,)
     steps = walk(graph, groups)
     unsupported = [f"{node_name(s)} ({s.op_type})" for s in steps
                    if not isinstance(s, ParamGroup) and s.op_type not in NODE_HANDLERS]
@@ -50,7 +56,7 @@ def lower_graph(graph: Graph, *, target: str, source: str, model: str,
     for step in steps:
         if isinstance(step, ParamGroup):
             GROUP_HANDLERS[step.kind](low, step)
-        else:
+        elif node_name(step) not in low.done:
             NODE_HANDLERS[step.op_type](low, step)
     outputs = []
     for name in graph.outputs:

@@ -60,6 +60,15 @@ def _transpose(low: Lowering, n: Any) -> None:
     low.vars[n.output[0]] = (var, lay.compose(p, perm))
 
 
+@node("Cast")
+def _cast(low: Lowering, n: Any) -> None:
+    from onnx import helper
+
+    var, p = low.vars[n.input[0]]
+    dtype = str(np.dtype(helper.tensor_dtype_to_np_dtype(int(attrs_of(n)["to"]))))
+    low.vars[n.output[0]] = (low.emit("cast", [var], {"dtype": dtype}, low.label(n)), p)
+
+
 # -- element-wise --------------------------------------------------------------------------
 _UNARY = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Elu": "elu", "Softplus": "softplus",
           "Exp": "exp", "Sqrt": "sqrt", "Neg": "neg", "Abs": "abs", "Erf": "erf", "HardSwish": "hard_swish"}
@@ -126,6 +135,25 @@ def _softmax(low: Lowering, n: Any) -> None:
     var, p = low.vars[n.input[0]]
     axis = lay.var_axis(p, int(attrs_of(n).get("axis", -1)))
     low.vars[n.output[0]] = (low.emit("softmax", [var], {"axis": axis}, low.label(n)), p)
+
+
+@node("Slice")
+def _slice(low: Lowering, n: Any) -> None:
+    var, p = low.vars[n.input[0]]
+    rank = len(p)
+    given = [low.graph.const(i) if i else None for i in [*n.input[1:], "", "", ""][:4]]
+    starts, ends, axes, steps = given
+    if starts is None or ends is None or any(i and v is None for i, v in zip(n.input[3:5], given[2:], strict=False)):
+        raise _unsupported(n, "starts, ends, axes or steps computed at run time; only constant slices are generated")
+    axes = list(range(len(starts))) if axes is None else [int(a) % rank for a in np.asarray(axes).reshape(-1)]
+    steps = [1] * len(axes) if steps is None else [int(s) for s in np.asarray(steps).reshape(-1)]
+    by_var: list[tuple[int | None, int | None, int]] = [(None, None, 1)] * rank
+    big = 2**62  # ONNX writes "to the end" as a huge number
+    for a, b, e, st in zip(axes, np.asarray(starts).reshape(-1), np.asarray(ends).reshape(-1), steps, strict=True):
+        begin = None if int(b) == 0 and st > 0 else int(b)
+        end = None if abs(int(e)) >= big else int(e)
+        by_var[p[a]] = (begin, end, st)
+    low.vars[n.output[0]] = (low.emit("slice", [var], {"slices": tuple(by_var)}, low.label(n)), p)
 
 
 # -- pads, pooling, reductions -------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from converters.codegen.program import Op, Program, has_bias, variable_names
-from converters.codegen.text import call_line, literal
+from converters.codegen.text import call_line, literal, subscript
 
 _ACTIVATIONS = {"sigmoid", "tanh", "elu", "softplus", "hard_swish"}
 _OPS = {"exp": "exp", "sqrt": "sqrt", "neg": "negative", "abs": "absolute", "erf": "erf"}
@@ -84,6 +84,14 @@ def _layer(op: Op) -> str:
     if g.kind == "embedding":
         n, dim = g.tensors["table"].shape  # type: ignore[union-attr]
         return f"layers.Embedding({int(n)}, {int(dim)}, {_kw(name=name)})"
+    if g.kind in ("lstm", "gru"):
+        cls = "LSTM" if g.kind == "lstm" else "GRU"
+        extra = {"return_sequences": True}
+        if g.kind == "gru" and not op.attrs["reset_after"]:
+            extra["reset_after"] = False
+        if op.attrs["direction"] == "bidirectional":
+            return f"layers.Bidirectional(layers.{cls}({op.attrs['hidden']}, {_kw(**extra)}), {_kw(name=name)})"
+        return f"layers.{cls}({op.attrs['hidden']}, {_kw(**extra, name=name)})"
     raise AssertionError(f"no Keras layer for kind {g.kind!r}")  # lower() refuses other kinds first
 
 
@@ -134,7 +142,15 @@ def _expression(op: Op, args: list[str]) -> str:
     x = args[0]
     ctor = _ctor(op)
     if ctor is not None:
-        return f"{ctor}({x})"
+        return f"{ctor}({x}, mask={args[1]})" if op.kind == "layer" and len(args) == 2 else f"{ctor}({x})"
+    if op.kind == "slice":
+        return f"{x}{subscript(a['slices'])}"
+    if op.kind == "cast":
+        return f"keras.ops.cast({x}, {literal(a['dtype'])})"
+    if op.kind == "step_numbers":  # (B, T): 1 ... T in each row, from the (B,) lengths
+        return f"keras.ops.cumsum(keras.ops.ones_like(keras.ops.repeat(keras.ops.expand_dims({x}, 1), {a['steps']}, axis=1)), axis=1)"
+    if op.kind == "sequence_mask":  # step t (from 1) of a sequence is valid while t <= its length
+        return f"keras.ops.less_equal({x}, keras.ops.expand_dims({args[1]}, 1))"
     if op.kind in _OPS:
         return f"keras.ops.{_OPS[op.kind]}({x})"
     if op.kind == "clip":

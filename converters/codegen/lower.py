@@ -22,7 +22,8 @@ from converters.rules.base import node_name
 
 # Where a node's data comes in (the rest are shapes, pads, axes: constants read as attributes).
 DATA_INPUTS = {"Reshape": 1, "Pad": 1, "Slice": 1, "Squeeze": 1, "Unsqueeze": 1, "ReduceMean": 1, "ReduceMax": 1,
-               "ReduceSum": 1, "Expand": 1, "Tile": 1, "Resize": 1, "Clip": 1, "Flatten": 1}
+               "ReduceSum": 1, "Expand": 1, "Tile": 1, "Resize": 1, "Clip": 1, "Flatten": 1,
+               "Gather": 1}
 LAYER_KINDS = ("dense", "conv", "batchnorm", "layernorm", "embedding")
 
 
@@ -38,6 +39,8 @@ class Lowering:
         self.groups: list[ParamGroup] = []
         self.reserved: set[str] = set()  # the layers' names
         self.hints: dict[str, dict[str, Any]] = {}  # per layer name: what the graph lost (a folded BN's epsilon)
+        self.done: set[str] = set()  # nodes a layer's handler already accounted for (no code of their own)
+        self.memo: dict[Any, str] = {}  # variables shared between layers (one mask for several RNNs)
         self._count = 0
 
     # -- variables -------------------------------------------------------------------------
@@ -130,7 +133,10 @@ def walk(graph: Graph, groups: list[ParamGroup]) -> list[Any]:
         return node
 
     def inputs_of(step: Any) -> list[str]:
-        return [group_input(graph, step)] if isinstance(step, ParamGroup) else data_inputs(graph, step)
+        if isinstance(step, ParamGroup):
+            extra = step.attrs.get("extra_inputs", ())  # e.g. an RNN's sequence_lens
+            return [group_input(graph, step), *extra]
+        return data_inputs(graph, step)
 
     order: list[Any] = []
     done: set[int] = set()

@@ -58,3 +58,14 @@ def split_args(args: str) -> list[str]:
             start = i + 1
     parts.append(args[start:].strip())
     return [p for p in parts if p]
+
+
+def subscript(slices: tuple[tuple[int | None, int | None, int], ...]) -> str:
+    """``[:, 1:]`` for per-axis (start, stop, step); trailing whole axes left out."""
+    parts = []
+    for start, stop, step in slices:
+        text = f"{'' if start is None else start}:{'' if stop is None else stop}"
+        parts.append(text + (f":{step}" if step != 1 else ""))
+    while len(parts) > 1 and parts[-1] == ":":
+        parts.pop()
+    return f"[{', '.join(parts)}]"

@@ -6,7 +6,8 @@ from typing import Any
 
 from converters.codegen.naming import Unique, class_name, identifier
 from converters.codegen.program import Op, Program, has_bias, variable_names
-from converters.codegen.text import call_line, literal
+from converters.codegen.text import call_line, literal, subscript
+from converters.errors import UnsupportedLayerError
 
 # tf2onnx cannot tell a folded BatchNorm's epsilon and momentum: Keras's defaults are written
 KERAS_BN_EPS, KERAS_BN_MOMENTUM = 1e-3, 0.99
@@ -84,6 +85,13 @@ def _module(op: Op) -> str:
     if g.kind == "embedding":
         n, dim = g.tensors["table"].shape  # type: ignore[union-attr]
         return f"nn.Embedding({int(n)}, {int(dim)})"
+    if g.kind in ("lstm", "gru"):
+        extra = {"batch_first": True, **({"bidirectional": True} if op.attrs["direction"] == "bidirectional" else {})}
+        if g.kind == "gru" and not op.attrs["reset_after"]:
+            raise UnsupportedLayerError(f"GRU {op.name!r} with linear_before_reset=0 (Keras reset_after=False) has "
+                                        "no torch nn.GRU twin")
+        cls = "LSTM" if g.kind == "lstm" else "GRU"
+        return f"nn.{cls}({op.attrs['input_size']}, {op.attrs['hidden']}, {_kw(**extra)})"
     raise AssertionError(f"no torch module for kind {g.kind!r}")  # lower() refuses other kinds first
 
 
@@ -97,7 +105,12 @@ def _expression(op: Op, args: list[str], attr: dict[str, str]) -> str:
     a = op.attrs
     x = args[0]
     if op.kind == "layer":
-        return f"self.{attr[op.out]}({x})"
+        rnn = op.group is not None and op.group.kind in ("lstm", "gru")
+        return f"self.{attr[op.out]}({x}){'[0]' if rnn else ''}"  # an RNN returns (sequence, state)
+    if op.kind == "slice":
+        return f"{x}{subscript(a['slices'])}"
+    if op.kind == "cast":
+        return f"{x}.to(torch.{a['dtype']})"
     if op.kind in _UNARY:
         return f"{_UNARY[op.kind]}({x})"
     if op.kind == "elu":

@@ -45,7 +45,7 @@ class CheckOptions:
     layers: bool = False
     grads: bool = False
     train_steps: int = 0  # 0: no training-step parity
-    optimizers: tuple[str, ...] = ("sgd", "adam")
+    optimizers: tuple[Any, ...] = ("sgd", "adam")  # names, or a user pair's own (torch, keras) optimizers
     loss: str = "mse"  # for --grads and --train-steps: "mse" or "xent"
     plot: Path | None = None  # layer error against depth (implies layers)
     strict_tolerances: bool = False  # take tolerances as given: no growth with depth or steps

@@ -95,7 +95,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     else:
         result = convert_zoo(args.model, args.out, source=source, preset=args.preset, **options)
     if args.json is not None:
-        write_json_atomic(args.json, result.result.to_dict())
+        write_json_atomic(args.json, result.data)  # as parity.json: every path final
     lines = [f"parity convert {result.result.model}: {source} -> {OTHER[source]}, wrote {Path(args.out) / 'model.py'}"]
     lines += [f"  {c.a:<10} {c.b:<6} {c.output:<10} max_abs {c.max_abs:.2e} <= atol {c.atol:.2e}: "
               f"{'ok' if c else 'FAILED'}" for c in result.result.comparisons]

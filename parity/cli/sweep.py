@@ -16,6 +16,11 @@ SWEEP_EPILOG = """examples:
   parity sweep --models mlp,cnn --seeds 0,1,2 --batch 1,8          a 2 x 3 x 2 matrix
   parity sweep --kind bench --models mlp --batch 1,32 --runtimes ort-cpu,torch-eager
   parity sweep --config sweep.toml --address head-node:6379        on an existing Ray cluster
+  parity sweep --models mlp --torch pkg.mod:make_torch --keras model.keras --input x:3x32x32:float32:NCHW \
+      --name mine --directions both                                a zoo model and your own pair
+
+A config file is TOML ([sweep] table of the axes; [[pair]] tables with name, torch, keras, inputs and
+optional tolerance for your own pairs) or JSON of the same shape; YAML is not read.
 
 A rerun with the same --out skips cells whose result file matches their parameters (hash).
 Every node of a cluster needs the resource bench_slot: ray start ... --resources '{"bench_slot": 1}'.
@@ -33,7 +38,7 @@ _FIELD = {"batch": "batches"}
 def add_command(sub: Any) -> None:
     p = sub.add_parser(
         "sweep", help="run a matrix of checks or benches as Ray tasks (local or cluster), resumable",
-        description="Expand a matrix of cells (models x directions x presets x batches x seeds x exporters x "
+        description="Expand a matrix of cells ((zoo models and your own pairs) x directions x presets x batches x seeds x exporters x "
                     "devices x precisions) and run each cell as a Ray task in its own worker process; write "
                     "one JSON per cell to --out and a summary table.",
         epilog=SWEEP_EPILOG + EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -55,6 +60,17 @@ def add_command(sub: Any) -> None:
     p.add_argument("--train", action="store_true", default=None, help="bench cells: time a training step")
     p.add_argument("--budget", dest="budget_s", type=nonneg_float, help="bench cells: seconds per runtime")
     p.add_argument("--min-runs", type=positive_int, help="bench cells: minimum timed calls")
+    own = p.add_argument_group("your own pair (as `parity check --torch/--keras/--input`; importing a module "
+                               "runs its code); checked beside --models")
+    own.add_argument("--torch", metavar="MODULE:FACTORY", help="the torch.nn.Module: pkg.module:factory or "
+                                                               "path/file.py:factory")
+    own.add_argument("--keras", metavar="FILE|MODULE:FACTORY", help="the keras.Model: a .keras file or "
+                                                                    "pkg.module:factory")
+    own.add_argument("--input", dest="pair_inputs", action="append", metavar="NAME:SHAPE[:DTYPE][:LAYOUT]",
+                     help="one input without the batch, in the torch model's layout (repeat per input)")
+    own.add_argument("--name", dest="pair_name", default="user", metavar="NAME", help="the pair's name in cell ids (default: user)")
+    own.add_argument("--tolerance", type=nonneg_float, metavar="TOL",
+                     help="the pair's atol and rtol, relative to the output scale (default: 1e-5)")
     p.add_argument("--out", default="sweep-results",
                    help="results folder: cells/<id>.json and sweep.json (default: sweep-results)")
     p.add_argument("--no-html", dest="html", action="store_false",
@@ -83,10 +99,32 @@ def spec_from_args(args: argparse.Namespace) -> Any:
     for name in ("kind", "layers", "grads", "train_steps", "train", "budget_s", "min_runs"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
+    pair = pair_from_args(args)
+    if pair is not None:
+        changes["pairs"] = (*base.pairs, pair)
     spec = dataclasses.replace(base, **changes)
-    if not spec.models:
-        raise UsageError("give the models to sweep: --models mlp,cnn (or all), or a --config file with `models`")
+    if not spec.models and not spec.pairs:
+        raise UsageError("give the models to sweep: --models mlp,cnn (or all), your own pair (--torch, --keras, "
+                         "--input), or a --config file with `models` or [[pair]] tables")
     return spec
+
+
+def pair_from_args(args: argparse.Namespace) -> Any:
+    """The pair of ``--torch``/``--keras``/``--input`` (validated), or None when none of them is given."""
+    from parity.sweep.pairs import UserPair
+
+    given = [f for f, v in (("--torch", args.torch), ("--keras", args.keras), ("--input", args.pair_inputs)) if v]
+    if not given:
+        if args.pair_name != "user" or args.tolerance is not None:
+            raise UsageError("--name and --tolerance describe your own pair; give it with --torch, --keras and --input")
+        return None
+    missing = [f for f in ("--torch", "--keras", "--input") if f not in given]
+    if missing:
+        raise UsageError(f"your own pair needs --torch, --keras and --input; {', '.join(missing)} missing")
+    pair = UserPair(name=args.pair_name, torch=args.torch, keras=args.keras, inputs=tuple(args.pair_inputs),
+                    tolerance=args.tolerance)
+    pair.validate("the command line")
+    return pair
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:

@@ -113,9 +113,17 @@ def _diagnose(result: Any, options: Any, *, spec: Any, models: Mapping[str, Any]
         result.passed = result.passed and grads.passed
     if steps:
         from parity.diagnostics.training import train_parity
+        from parity.diagnostics.user_optimizers import is_optimizer, pair_config
 
         names = list(getattr(options, "optimizers", ("sgd", "adam")))
-        progress(f"training both twins {steps} steps with {' and '.join(names)}")
+        if any(map(is_optimizer, names)):  # the pair's own optimizers: their settings, each on its side
+            from converters.lint import lint_optimizers
+
+            given = {("tf" if hasattr(o, "apply_gradients") else "torch"): o for o in names}
+            names = [pair_config(names, models["torch"], models["tf"])]
+            if len(given) == 2:
+                result.port.lint.extend(lint_optimizers(given[src], given[result.target]))
+        progress(f"training both twins {steps} steps with {' and '.join(map(str, names))}")
         training = train_parity(spec, models["torch"], models["tf"], steps=steps, optimizers=names,
                                 batch=options.batch, seed=options.seed, loss=getattr(options, "loss", "mse"),
                                 strict=strict, reference=src, device=place)

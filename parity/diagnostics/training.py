@@ -165,7 +165,7 @@ def _train(spec: Any, torch_model: Any, keras_model: Any, steps: int, configs: S
                        "has one bias per gate (two torch biases would move their sum twice as fast)")
                 if msg not in report.alignments:
                     report.alignments.append(msg)
-            report.runs[cfg.name] = _run(spec, torch_model, keras_model, cfg, batches, losses, slots, strict,
+            report.runs[cfg.run_name] = _run(spec, torch_model, keras_model, cfg, batches, losses, slots, strict,
                                          reference, first)
     report.alignments.insert(0, "SGD: torch v = mu v + g, p -= lr v and Keras v = mu v - lr g, p += v: equal "
                                 "for a constant learning rate (no dampening, Nesterov or weight decay)")
@@ -199,7 +199,7 @@ def _run(spec: Any, torch_model: Any, keras_model: Any, cfg: OptimizerConfig, ba
     params = [p for p in torch_model.parameters() if p.requires_grad and id(p) not in still_t]
     variables = list(keras_model.trainable_variables)
     moving = [i for i, v in enumerate(variables) if id(v) not in still_k]
-    opt = Optimizers(cfg, params, [variables[i] for i in moving])
+    opt = Optimizers(cfg, params, [variables[i] for i in moving], {id(p): n for n, p in torch_model.named_parameters()})
     live = [s for s in slots if s.trainable and s not in frozen]
     adam = None
     if cfg.name == "adam" and not strict:  # see AdamAllowance

@@ -27,18 +27,41 @@ def execute_cell(cell: SweepCell) -> dict[str, Any]:
 
 
 def run_check_cell(cell: SweepCell) -> dict[str, Any]:
-    """``parity check`` of one zoo model in one direction (``parity.check.run_check``)."""
+    """``parity check`` of one zoo model (``parity.check.run_check``) or of a user's own pair, in one direction."""
     from parity.check import CheckOptions, run_check
 
     options = CheckOptions(model=cell.model, source=cell.source, preset=cell.preset, batch=cell.batch,
                            seed=cell.seed, exporter=cell.exporter, device=cell.device, precision=cell.precision,
                            layers=cell.layers, grads=cell.grads, train_steps=cell.train_steps)
-    result = run_check(options, progress=lambda _msg: None)
+    result = run_user_check(cell, options) if cell.is_user else run_check(options, progress=lambda _msg: None)
     ratios = [c.max_abs / c.atol if c.atol > 0 else float("inf") for c in result.comparisons]
     return {"status": "passed" if result.passed else "failed",
             "worst": max(ratios, default=0.0),  # the largest max_abs / atol over every comparison
             "failures": [f"{c.a} vs {c.b} {c.output}" for c in result.failures],
             "result": result.to_dict()}
+
+
+def run_user_check(cell: SweepCell, options: Any) -> Any:
+    """``parity check --torch ... --keras ... --input ...`` of the cell's pair (``parity.api.check_pair``).
+
+    The pair's inputs are in the torch layout; a check from tf gets them in the Keras layout.
+    A reference that does not load is the user's error (``UsageError``: not retried).
+    """
+    from parity.api import check_pair
+    from parity.cli.user_models import load_keras, load_torch, parse_input
+    from zoo.spec import TensorSpec
+
+    inputs, layouts = {}, {}
+    for name, shape, dtype, layout in map(parse_input, cell.inputs or ()):
+        if layout is not None:
+            layouts[name] = layout
+            if cell.source == "tf":
+                shape = TensorSpec(name, shape, dtype, layout).framework_shape("tf")
+        inputs[name] = TensorSpec(name, shape, dtype)
+    torch_model, keras_model = load_torch(cell.torch or ""), load_keras(cell.keras or "")
+    pair = (torch_model, keras_model) if cell.source == "torch" else (keras_model, torch_model)
+    return check_pair(*pair, inputs, options, input_layouts=layouts, tolerance=cell.tolerance,
+                      progress=lambda _msg: None)
 
 
 def run_bench_cell(cell: SweepCell) -> dict[str, Any]:

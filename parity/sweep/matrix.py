@@ -18,11 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from parity.errors import UsageError
+from parity.sweep.pairs import UserPair, check_pairs, pairs_from_config
 
 KINDS = ("check", "bench")
 DIRECTIONS = ("torch", "tf")
 DEVICES = ("auto", "cpu", "cuda")
 EXPORTERS = ("dynamo", "legacy")
+USER_FIELDS = ("torch", "keras", "inputs", "tolerance", "fingerprint")  # a user pair's cell only
 HASH_VERSION = 1  # bump when a cell's meaning changes without its fields changing: stored results go stale
 
 
@@ -32,7 +34,9 @@ class SweepCell:
 
     Check cells use ``source``, ``exporter``, ``layers``, ``grads`` and ``train_steps``;
     bench cells use ``runtimes``, ``train``, ``budget_s`` and ``min_runs`` (``source`` is
-    empty). ``device='cuda'`` makes the cell ask Ray for a GPU.
+    empty). ``device='cuda'`` makes the cell ask Ray for a GPU. A check of a user's own pair
+    (``parity.sweep.pairs``) has ``preset='user'`` and sets ``torch``, ``keras``, ``inputs``,
+    ``tolerance`` and ``fingerprint``; a zoo cell leaves them None (and out of its hash).
     """
 
     kind: str
@@ -51,13 +55,27 @@ class SweepCell:
     train: bool = False
     budget_s: float = 1.0
     min_runs: int = 10
+    torch: str | None = None
+    keras: str | None = None
+    inputs: tuple[str, ...] | None = None
+    tolerance: float | None = None
+    fingerprint: str | None = None
 
     @property
     def params(self) -> dict[str, Any]:
-        """The parameters as plain JSON types (what is hashed and stored)."""
+        """The parameters as plain JSON types (what is hashed and stored); a zoo cell omits the pair's."""
         data = dataclasses.asdict(self)
         data["runtimes"] = list(self.runtimes) if self.runtimes is not None else None
+        if self.torch is None:
+            for key in USER_FIELDS:
+                del data[key]
+        else:
+            data["inputs"] = list(self.inputs or ())
         return data
+
+    @property
+    def is_user(self) -> bool:
+        return self.torch is not None
 
     @property
     def hash(self) -> str:
@@ -84,8 +102,9 @@ class SweepCell:
     def from_params(cls, data: Mapping[str, Any]) -> SweepCell:
         """The inverse of ``params`` (a stored result's cell)."""
         values = dict(data)
-        if values.get("runtimes") is not None:
-            values["runtimes"] = tuple(values["runtimes"])
+        for key in ("runtimes", "inputs"):
+            if values.get(key) is not None:
+                values[key] = tuple(values[key])
         return cls(**values)
 
 
@@ -109,11 +128,14 @@ class SweepSpec:
     train: bool = False
     budget_s: float = 1.0
     min_runs: int = 10
+    pairs: tuple[UserPair, ...] = ()  # the user's own pairs, checked beside the zoo models
 
     def model_names(self) -> list[str]:
         import zoo
 
         known = zoo.names()
+        if not self.models and self.pairs:
+            return []
         chosen = known if "all" in self.models else list(dict.fromkeys(self.models))
         unknown = [m for m in chosen if m not in known]
         if unknown:
@@ -132,7 +154,10 @@ class SweepSpec:
         _one_of("exporter", [e for e in self.exporters if e is not None], EXPORTERS)
         precisions = ("fp32", "tf32") if self.kind == "check" else ("fp32", "tf32", "fp16", "bf16")
         _one_of("precision", self.precisions, precisions)
-        for axis in ("models", "directions", "presets", "batches", "seeds", "exporters", "devices", "precisions"):
+        if not self.models and not self.pairs:
+            raise UsageError("the sweep has no models: give zoo models (models = [\"mlp\"] or \"all\") "
+                             "or your own pairs ([[pair]] tables, or --torch/--keras/--input)")
+        for axis in ("directions", "presets", "batches", "seeds", "exporters", "devices", "precisions"):
             if not getattr(self, axis):
                 raise UsageError(f"the sweep's {axis} axis is empty; give at least one value")
         if any(b < 1 for b in self.batches):
@@ -143,6 +168,11 @@ class SweepSpec:
         if self.train_steps < 0 or self.min_runs < 1 or self.budget_s < 0:
             raise UsageError(f"need train_steps >= 0, min_runs >= 1, budget_s >= 0; got {self.train_steps}, "
                              f"{self.min_runs}, {self.budget_s}")
+        if self.pairs:
+            check_pairs(self.pairs, zoo.names())
+            if self.kind == "bench":
+                raise UsageError(f"your own pairs ({', '.join(p.name for p in self.pairs)}) run as check cells; "
+                                 "bench them with `parity bench --torch ... --keras ... --input ...`")
         if self.kind == "bench":
             from parity.bench.results import select_runtimes
 
@@ -166,14 +196,30 @@ class SweepSpec:
                     for m, p, b, s, d, pr in product]
         product = itertools.product(self.model_names(), _expand_directions(self.directions), self.presets,
                                     self.batches, self.seeds, self.exporters, self.devices, self.precisions)
-        return [SweepCell(kind="check", model=m, source=src, preset=p, batch=b, seed=s, exporter=e, device=d,
-                          precision=pr, layers=self.layers, grads=self.grads, train_steps=self.train_steps)
-                for m, src, p, b, s, e, d, pr in product]
+        zoo_cells = [SweepCell(kind="check", model=m, source=src, preset=p, batch=b, seed=s, exporter=e, device=d,
+                               precision=pr, layers=self.layers, grads=self.grads, train_steps=self.train_steps)
+                     for m, src, p, b, s, e, d, pr in product]
+        return zoo_cells + self.pair_cells()
+
+    def pair_cells(self) -> list[SweepCell]:
+        """The user pairs' check cells: every axis but ``presets`` (a pair has none); files fingerprinted once."""
+        prints = {p.name: p.fingerprint() for p in self.pairs}
+        product = itertools.product(self.pairs, _expand_directions(self.directions), self.batches, self.seeds,
+                                    self.exporters, self.devices, self.precisions)
+        return [SweepCell(kind="check", model=pair.name, source=src, preset="user", batch=b, seed=s, exporter=e,
+                          device=d, precision=pr, layers=self.layers, grads=self.grads,
+                          train_steps=self.train_steps, torch=pair.torch, keras=pair.keras, inputs=pair.inputs,
+                          tolerance=pair.tolerance, fingerprint=prints[pair.name])
+                for pair, src, b, s, e, d, pr in product]
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], origin: str = "the sweep") -> SweepSpec:
         """A spec from a config file's table: axes take a value or a list; unknown keys are refused."""
-        fields = {f.name: f for f in dataclasses.fields(cls)}
+        fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "pairs"}
+        data = dict(data)
+        pairs = pairs_from_config(data.pop("pair"), origin) if "pair" in data else ()
+        if pairs and "models" not in data:
+            data["models"] = []  # only the user's pairs, not the default 'all'
         unknown = sorted(set(data) - set(fields))
         if unknown:
             raise UsageError(f"{origin}: unknown key(s) {', '.join(unknown)}; known: {', '.join(fields)}")
@@ -186,7 +232,7 @@ class SweepSpec:
             else:
                 values[key] = value
         try:
-            spec = cls(**values)
+            spec = cls(**values, pairs=pairs)
             _check_types(spec, origin)
         except TypeError as exc:
             raise UsageError(f"{origin}: {exc}") from exc
@@ -194,7 +240,8 @@ class SweepSpec:
 
 
 def load_sweep_file(path: Path) -> SweepSpec:
-    """A matrix from a TOML file (a ``[sweep]`` table, or top-level keys) or a JSON object."""
+    """A matrix from a TOML file (a ``[sweep]`` table, or top-level keys; ``[[pair]]`` tables for the
+    user's own pairs) or a JSON object of the same shape."""
     try:
         text = path.read_bytes()
     except OSError as exc:
@@ -206,11 +253,25 @@ def load_sweep_file(path: Path) -> SweepSpec:
             raise UsageError(f"--config {path}: not valid JSON ({exc})") from exc
     elif path.suffix == ".toml":
         data = _load_toml(text, path)
+    elif path.suffix in (".yaml", ".yml"):
+        raise UsageError(f"--config {path}: YAML is not read (PyYAML is not a dependency of parity); write the "
+                         "same keys as TOML (a [sweep] table, [[pair]] tables) or as a JSON object: see docs/sweep.md")
     else:
         raise UsageError(f"--config {path}: give a .toml or .json file (YAML is not read), got {path.suffix!r}")
     if not isinstance(data, dict):
         raise UsageError(f"--config {path}: expected a table of sweep axes, got {type(data).__name__}")
     table = data.get("sweep", data)
+    if not isinstance(table, dict):
+        raise UsageError(f"--config {path}: [sweep] must be a table of sweep axes, got {type(table).__name__}")
+    if "sweep" in data:
+        extra = sorted(set(data) - {"sweep", "pair"})
+        if extra:
+            raise UsageError(f"--config {path}: unknown top-level key(s) {', '.join(extra)} beside [sweep]; "
+                             "put the axes in [sweep] and your own pairs in [[pair]] tables")
+        if "pair" in data:
+            if "pair" in table:
+                raise UsageError(f"--config {path}: give the pairs once, as top-level [[pair]] tables")
+            table = {**table, "pair": data["pair"]}
     return SweepSpec.from_mapping(table, origin=f"--config {path}")
 
 

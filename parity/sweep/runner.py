@@ -125,7 +125,7 @@ class RaySession:
         resources = {"bench_slot": 1.0 if cell.kind == "bench" else CHECK_SLOT}
         gpus = 1 if cell.device == "cuda" else 0
         return self.task.options(num_cpus=1, num_gpus=gpus, resources=resources,
-                                 name=f"parity-sweep:{cell.id}").remote(cell, execute)
+                                 name=f"parity-sweep:{cell.id}").remote(cell, execute, os.getcwd())
 
     def run(self, cells: list[SweepCell], out: Path, execute: Execute | None,
             say: Callable[[str], None]) -> Iterator[tuple[SweepCell, dict[str, Any]]]:
@@ -177,8 +177,15 @@ class RaySession:
             self.ray.shutdown()
 
 
-def run_in_worker(cell: SweepCell, execute: Execute | None) -> dict[str, Any]:
-    """The Ray task's body: the cell in this (fresh) worker process."""
+def run_in_worker(cell: SweepCell, execute: Execute | None, workdir: str | None = None) -> dict[str, Any]:
+    """The Ray task's body: the cell in this (fresh) worker process.
+
+    ``workdir`` is the driver's current folder: where it exists (always on the local cluster) the
+    worker runs there, so a user pair's ``pkg.module`` and ``path/file.py`` resolve as they do
+    for ``parity check``. On other nodes the pair's modules must be importable there.
+    """
+    if workdir and os.path.isdir(workdir):
+        pass  # the worker serves this one cell (max_calls=1): nothing else sees the change
     if cell.device != "cuda":  # no GPU was reserved for it: keep it off the GPUs other cells hold
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
     if execute is None:

@@ -103,6 +103,24 @@ def _odd_onnx(tmp_path: Path) -> Path:
     return path
 
 
+def test_recurrent_layers_are_generated_as_layers(tmp_path: Path) -> None:
+    """A packed bidirectional 2-layer nn.LSTM (legacy export: a batch sort, sequence_lens) becomes one Keras
+    Bidirectional LSTM per layer, masked by the lengths; a Keras GRU's while-loop becomes nn.GRU."""
+    spec = zoo.get("lstm", preset="small")
+    model = spec.build("torch", 0)
+    inputs = spec.inputs_for("torch", spec.example_inputs(2, 0))
+    path = export_model(model, "torch", list(inputs.values()), tmp_path / "lstm.onnx", input_names=list(inputs),
+                        output_names=spec.output_names, exporter=spec.torch_exporter)
+    code = generate(path, "tf", model="lstm").code
+    for k in (0, 1):
+        assert f'layers.Bidirectional(layers.LSTM(16, return_sequences=True), name="lstm.l{k}")(x1, mask=x4)' in code
+    assert "keras.ops.less_equal(" in code and "Permute" not in code  # the mask; no transposes for time-major ONNX
+    keras_code = generate(_export("gru", "tf", tmp_path / "gru.onnx"), "torch", model="gru").code
+    assert "self.gru = nn.GRU(16, 24, batch_first=True)" in keras_code
+    assert "input_ids = self.gru(input_ids)[0]" in keras_code
+    assert "self.embedding = nn.Embedding(50, 16)" in keras_code and "permute" not in keras_code
+
+
 def test_unsupported_ops_are_listed_each(tmp_path: Path) -> None:
     with pytest.raises(UnsupportedLayerError) as err:
         generate(_odd_onnx(tmp_path), "torch")
@@ -115,9 +133,10 @@ def test_unsupported_ops_are_listed_each(tmp_path: Path) -> None:
 # Each conversion builds the source twin, exports it, generates, ports and checks four runtimes.
 # From torch the export is lossless, so gradients are compared too; tf2onnx folds BatchNorm, which
 # makes any twin's port inference-only (the check then skips gradients, as for the hand-written twins).
-FAST = [("mlp", "torch"), ("cnn", "torch"), ("cnn", "tf")]
+FAST = [("mlp", "torch"), ("cnn", "torch"), ("cnn", "tf"), ("gru", "torch")]
 SLOW = [("mlp", "tf"), ("resnet18", "torch"), ("resnet18", "tf"), ("mobilenet_v2", "torch"), ("mobilenet_v2", "tf"),
-        ("unet", "torch"), ("unet", "tf"), ("autoencoder", "torch"), ("autoencoder", "tf"), ("tcn", "torch")]
+        ("unet", "torch"), ("unet", "tf"), ("autoencoder", "torch"), ("autoencoder", "tf"), ("tcn", "torch"),
+        ("gru", "tf"), ("lstm", "torch")]
 
 
 def _convert(name: str, source: str, out: Path, **kwargs: object):  # type: ignore[no-untyped-def]
@@ -175,6 +194,8 @@ def test_generated_twin_passes_parity(name: str, source: str, tmp_path: Path) ->
         assert [r.layer for r in layers.rows] == ["conv1", "bn1", "conv2", "bn2", "fc"]
     if name == "cnn" and source == "torch":
         assert result.result.gradients.passed
+    if name == "gru":  # nn.GRU(batch_first=True) -> keras GRU with torch's gate semantics (reset_after)
+        assert 'layers.GRU(24, return_sequences=True, name="gru")' in result.code
 
 
 @pytest.mark.slow
@@ -189,6 +210,14 @@ def test_generated_twin_passes_parity_slow(name: str, source: str, tmp_path: Pat
     assert "Permute" not in result.code and "permute" not in result.code
 
 
+def _strings(data: object) -> list[str]:
+    if isinstance(data, dict):
+        return [s for v in data.values() for s in _strings(v)]
+    if isinstance(data, list):
+        return [s for v in data for s in _strings(v)]
+    return [data] if isinstance(data, str) else []
+
+
 def test_cli_convert_writes_the_folder_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import json
 
@@ -196,11 +225,17 @@ def test_cli_convert_writes_the_folder_and_json(tmp_path: Path, capsys: pytest.C
 
     out, report = tmp_path / "twin", tmp_path / "result.json"
     assert main(["convert", "mlp", "--from", "torch", "--to", "tf", "--out", str(out), "--json", str(report),
-                 "-q"]) == 0
+                 "--layers", "-q"]) == 0
     assert "PASSED" in capsys.readouterr().out
     data = json.loads(report.read_text())
     assert data["passed"] is True and data["source"] == "torch" and data["target"] == "tf"
-    assert json.loads((out / "parity.json").read_text())["passed"] is True
+    assert json.loads((out / "parity.json").read_text()) == data
+    # every stored path is final: no path into the deleted staging folder, each one a file in --out
+    for saved in (data, json.loads((out / "port_report.json").read_text())):
+        paths = [s for s in _strings(saved) if s.startswith(str(tmp_path))]
+        assert paths and all(Path(p).is_file() and Path(p).parent == out.resolve() for p in paths), paths
+    assert data["port"]["source"] == str(out.resolve() / "source.onnx")
+    assert all(entry.get("file") in (None, str(out.resolve() / "source.onnx")) for entry in data["layers"]["ort"].values())
     assert main(["convert", "mlp", "--from", "torch", "--to", "torch", "--out", str(tmp_path / "x")]) == 2
     assert main(["convert", "mlp", "--out", str(out), "-q"]) == 2  # not empty, no --overwrite
     assert (out / "model.py").exists()

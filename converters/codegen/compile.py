@@ -11,9 +11,9 @@ import converters.codegen.layer_handlers  # noqa: F401  (registers the layers' h
 import converters.codegen.rnn_handlers  # noqa: F401
 from converters.codegen import layout as lay
 from converters.codegen.handlers import GROUP_HANDLERS, NODE_HANDLERS
-from converters.codegen.lower import Lowering, walk
+from converters.codegen.lower import Lowering, tensordot_input, walk
 from converters.codegen.program import Input, Program
-from converters.codegen.rnn_handlers import sequence_lens_input
+from converters.codegen.rnn_handlers import keras_embedding_ids, loop_sequence, sequence_lens_input
 from converters.errors import UnsupportedLayerError
 from converters.graph import Graph
 from converters.params import ParamGroup, param_groups
@@ -37,6 +37,12 @@ def lower_graph(graph: Graph, *, target: str, source: str, model: str,
         lens = sequence_lens_input(graph, g)
         if lens:
             g.attrs["extra_inputs"] = (lens,)
+        if g.attrs.get("from_loop"):
+            g.attrs["sequence_input"] = loop_sequence(graph, g)
+        if source == "tf" and tensordot_input(graph, g):
+            g.input = tensordot_input(graph, g)
+        if source == "tf" and keras_embedding_ids(graph, g):
+            g.input = keras_embedding_ids(graph, g)
     steps = walk(graph, groups)
     unsupported = [f"{node_name(s)} ({s.op_type})" for s in steps
                    if not isinstance(s, ParamGroup) and s.op_type not in NODE_HANDLERS]

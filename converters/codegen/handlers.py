@@ -65,7 +65,12 @@ def _cast(low: Lowering, n: Any) -> None:
     from onnx import helper
 
     var, p = low.vars[n.input[0]]
-    dtype = str(np.dtype(helper.tensor_dtype_to_np_dtype(int(attrs_of(n)["to"]))))
+    to = int(attrs_of(n)["to"])
+    dtype = str(np.dtype(helper.tensor_dtype_to_np_dtype(to)))
+    before = low.graph.producer(n.input[0])
+    if before is not None and before.op_type == "Cast" and int(attrs_of(before)["to"]) == to:
+        low.vars[n.output[0]] = (var, p)  # a cast to the type it has: no code
+        return
     low.vars[n.output[0]] = (low.emit("cast", [var], {"dtype": dtype}, low.label(n)), p)
 
 

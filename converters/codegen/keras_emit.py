@@ -147,8 +147,10 @@ def _expression(op: Op, args: list[str]) -> str:
         return f"{x}{subscript(a['slices'])}"
     if op.kind == "cast":
         return f"keras.ops.cast({x}, {literal(a['dtype'])})"
-    if op.kind == "step_numbers":  # (B, T): 1 ... T in each row, from the (B,) lengths
-        return f"keras.ops.cumsum(keras.ops.ones_like(keras.ops.repeat(keras.ops.expand_dims({x}, 1), {a['steps']}, axis=1)), axis=1)"
+    if op.kind == "repeat_steps":  # (B,) lengths -> (B, T)
+        return f"keras.ops.repeat(keras.ops.expand_dims({x}, 1), {a['steps']}, axis=1)"
+    if op.kind == "step_numbers":  # 1 ... T in each row
+        return f"keras.ops.cumsum(keras.ops.ones_like({x}), axis=1)"
     if op.kind == "sequence_mask":  # step t (from 1) of a sequence is valid while t <= its length
         return f"keras.ops.less_equal({x}, keras.ops.expand_dims({args[1]}, 1))"
     if op.kind in _OPS:

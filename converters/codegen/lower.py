@@ -111,8 +111,22 @@ def data_inputs(graph: Graph, node: Any) -> list[str]:
 def group_input(graph: Graph, group: ParamGroup) -> str:
     if group.input:
         return group.input
+    if group.attrs.get("sequence_input"):  # a Keras RNN's while-loop reads it from the outer graph
+        return str(group.attrs["sequence_input"])
     first = next(n for n in graph.nodes if node_name(n) == group.nodes[0])
     return next(i for i in first.input if i and i not in graph.consts)
+
+
+def tensordot_input(graph: Graph, group: ParamGroup) -> str:
+    """A Keras Dense on a sequence (tf2onnx's Tensordot: Reshape to 2-D, MatMul, Reshape back): the
+    sequence it reads, which the generated Dense takes as it is; '' for any other layer."""
+    if group.kind != "dense" or not group.input:
+        return ""
+    node = graph.producer(group.input)
+    if node is None or node.op_type != "Reshape" or "Tensordot" not in node_name(node):
+        return ""
+    rank_in, rank_out = len(graph.shapes.get(node.input[0]) or ()), len(graph.shapes.get(group.output) or ())
+    return str(node.input[0]) if rank_in == rank_out > 2 else ""
 
 
 def walk(graph: Graph, groups: list[ParamGroup]) -> list[Any]:

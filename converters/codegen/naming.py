@@ -7,13 +7,15 @@ import re
 
 _CALL_SUFFIX = re.compile(r"_\d+$")  # tf2onnx scopes a Keras layer's ops "<layer>_1/...", numbered per call
 _OP_SCOPES = {"convolution", "batchnorm", "MatMul", "BiasAdd", "Cast", "ReadVariableOp", "Tensordot", "Reshape",
-              "depthwise", "conv1d", "ExpandDims", "Squeeze", "add", "mul", "mul_1"}
+              "depthwise", "conv1d", "ExpandDims", "Squeeze", "add", "mul", "mul_1", "GatherV2", "split", "Cast_1"}
 
 
 def tf_layer(name: str) -> str:
     """The Keras layer name in a tf2onnx node or tensor name (``model_1/layer1.0.conv1_1/convolution/x:0``)."""
     parts = [p for p in name.split(":")[0].split("/") if p]
     scopes = [_CALL_SUFFIX.sub("", p) for p in parts[1:-1] if p not in _OP_SCOPES]
+    # inside a layer, a recurrent layer's own scopes: its cell, and a Bidirectional's forward_/backward_ layers
+    scopes = scopes[:1] + [p for p in scopes[1:] if not p.endswith("_cell") and not p.startswith(("forward_", "backward_"))]
     return scopes[-1] if scopes else ""
 
 

@@ -66,7 +66,11 @@ def rnn_name(low: Lowering, g: ParamGroup) -> str:
                 if m:
                     layers.add(int(m.group(1)))
     mine = {int(m.group(1)) for s in g.sources if (m := _LAYER_SUFFIX.search(s))}
-    return f"{name}.l{min(mine)}" if len(layers) > 1 and len(mine) == 1 else name
+    if len(layers) > 1 and len(mine) == 1:
+        return f"{name}.l{min(mine)}"
+    same = [other for other in low.groups if other.kind == g.kind and low.layer_name(other) == name]
+    # parameter names lost (a non-lossless export): the stacked layers are the module's nodes in order
+    return f"{name}.l{[id(o) for o in same].index(id(g))}" if len(same) > 1 else name
 
 
 def sequence_lens_input(graph: Any, g: ParamGroup) -> str:
@@ -112,12 +116,53 @@ def _batch_sort(low: Lowering, n: Any) -> None:
                                 "lookup or the batch sort of a packed sequence is generated")
 
 
+def loop_sequence(graph: Any, g: ParamGroup) -> str:
+    """The sequence a Keras cell's while-loop reads from the outer graph: (T, B, E), or ''."""
+    if not g.attrs.get("from_loop"):
+        return ""
+    head = next(n for n in graph.nodes if node_name(n) == g.nodes[0])
+    body = next(a.g for a in head.attribute if a.name == "body")
+    made = {o for n in body.node for o in n.output} | {i.name for i in body.input} | \
+        {t.name for t in body.initializer}
+    outer = sorted({i for n in body.node for i in n.input if i and i not in made and i not in graph.consts})
+    found = [t for t in outer if len(graph.shapes.get(t) or ()) == 3]
+    if len(found) != 1:
+        raise UnsupportedLayerError(f"cannot generate the recurrent layer of Loop node {g.nodes[0]!r}: it reads "
+                                    f"{found or outer} from the outer graph, not one (time, batch, features) sequence")
+    return found[0]
+
+
+def keras_embedding_ids(graph: Any, g: ParamGroup) -> str:
+    """The ids a Keras Embedding (tf2onnx) looks up before its wrap of negative ids
+    (``where(ids < 0, ids + vocab, ids)`` as Less/Not/Cast/Mul/Add in the layer's own scope): ids
+    are never negative in a valid input, and torch's nn.Embedding takes them as they are. '' if
+    the lookup has no such wrap."""
+    from converters.codegen.naming import tf_layer
+
+    if g.kind != "embedding" or not g.input or graph.producer(g.input) is None:
+        return ""
+    scope = tf_layer(g.nodes[0])
+    frontier, seen, stack = set(), set(), [g.input]
+    while stack:
+        tensor = stack.pop()
+        node = graph.producer(tensor)
+        if node is None or node.op_type not in ("Add", "Mul", "Cast", "Less", "Not") or \
+                tf_layer(node_name(node)) != scope:
+            frontier.add(tensor)
+            continue
+        if node_name(node) not in seen:
+            seen.add(node_name(node))
+            stack += [i for i in node.input if i and i not in graph.consts]
+    return next(iter(frontier)) if len(frontier) == 1 and seen and scope else ""
+
+
 def _follow(low: Lowering, g: ParamGroup) -> tuple[str, lay.Perm]:
     """The end of the exporter's chain from ``Y`` (T, D, B, H) to a rank-3 tensor with axes
     T, B, D*H in some order, and that order as ``p`` of a (B, T, D*H) variable. The chain's
     nodes are marked done: no code is written for them."""
     tensor = g.output
-    axes: list[str] = ["T", "D", "B", "H"]
+    # a Keras cell's while-loop (one direction) scans out (T, B, H)
+    axes: list[str] = ["T", "B", "F"] if g.attrs.get("from_loop") else ["T", "D", "B", "H"]
     skipped = []
     while tensor not in low.graph.outputs:
         users = [u for u in low.graph.consumers.get(tensor, []) if u.op_type != "Shape"]  # shapes: no data
@@ -154,16 +199,21 @@ def _follow(low: Lowering, g: ParamGroup) -> tuple[str, lay.Perm]:
 def _rnn(low: Lowering, g: ParamGroup) -> None:
     head = _node(low, g)
     a = g.attrs
-    if a["layout"] != 0:
+    if a.get("from_loop") and int(g.tensors["W"].shape[0]) != 1:  # type: ignore[union-attr]
+        raise _refuse(g, "a Keras Bidirectional recurrent layer (two while-loops) is not generated yet; its "
+                         "directions are ported, but the generator follows one loop's output only")
+    if a.get("layout", 0) != 0:
         raise _refuse(g, "layout=1 (batch-major ONNX RNN) is not generated; export with the default layout")
     if a["direction"] not in ("forward", "bidirectional"):
         raise _refuse(g, f"direction {a['direction']!r}; forward and bidirectional are generated")
-    if a["activations"] and a["activations"][: len(_DEFAULT_ACTS[g.kind])] != _DEFAULT_ACTS[g.kind]:
+    if a.get("activations") and a["activations"][: len(_DEFAULT_ACTS[g.kind])] != _DEFAULT_ACTS[g.kind]:
         raise _refuse(g, f"activations {a['activations']}; only the default sigmoid/tanh are generated")
-    for k in (5, 6):
-        if len(head.input) > k and head.input[k] and not _zeros(low, head.input[k]):
-            raise _refuse(g, f"a non-zero initial state {head.input[k]!r}; only zero initial states are generated")
-    for out in head.output[1:]:
+    states = [i for i in head.input[2:] if i and i not in low.graph.consts] if head.op_type == "Loop" else \
+        [head.input[k] for k in (5, 6) if len(head.input) > k and head.input[k]]
+    for state in states:
+        if not _zeros(low, state):
+            raise _refuse(g, f"a non-zero initial state {state!r}; only zero initial states are generated")
+    for out in head.output[1:] if head.op_type != "Loop" else [o for o in head.output if o != g.output]:
         if out and (low.graph.consumers.get(out) or out in low.graph.outputs):
             raise _refuse(g, f"its final state {out!r} is used; only the output sequence is generated")
     lens = sequence_lens_input(low.graph, g)
@@ -180,10 +230,11 @@ def _rnn(low: Lowering, g: ParamGroup) -> None:
         if key not in low.memo:
             lens_var = low.get(lens, lay.identity(1), name)
             # 1, 2, ... T per sequence, built from the lengths alone (a constant would be captured as an input)
-            numbers = low.emit("step_numbers", [lens_var], {"steps": int(steps)}, f"{name}_steps")
+            rows = low.emit("repeat_steps", [lens_var], {"steps": int(steps)}, f"{name}_rows")
+            numbers = low.emit("step_numbers", [rows], {}, f"{name}_steps")
             low.memo[key] = low.emit("sequence_mask", [numbers, lens_var], {}, f"{name}_mask")
         args.append(low.memo[key])
-    attrs = {"direction": a["direction"], "hidden": a["hidden"], "reset_after": bool(a["linear_before_reset"]),
+    attrs = {"direction": a["direction"], "hidden": a["hidden"], "reset_after": bool(a.get("linear_before_reset", 1)),
              "input_size": int(g.tensors["W"].shape[2])}  # type: ignore[union-attr]
     out = low.emit("layer", args, attrs, name, g)
     end, p = _follow(low, g)

@@ -373,7 +373,7 @@ def summary(seeds: tuple[int, ...] = SEEDS, batches: tuple[int, ...] = BATCHES,
     """Run every bug and every correct pair at every seed and batch size; the table and the counts
     (``show`` is called with each line as it is ready)."""
     lines = _Lines(show)
-    lines += [f"{'bug':<26}{'pair':<8}{'side':<7}{'area':<17}{'level':<9}{'layer':<7}caught  localised"]
+    lines += [f"{'bug':<26}{'pair':<8}{'side':<7}{'area':<17}{'level':<9}{'layer':<10}caught  localised"]
     counts = {"runs": 0, "caught": 0, "localised": 0, "correct_runs": 0, "false_alarms": 0}
     for bug in BUGS:
         got = [run(bug.pair, bug.name, s, b, levels_for(bug)) for s in seeds for b in batches]
@@ -382,14 +382,14 @@ def summary(seeds: tuple[int, ...] = SEEDS, batches: tuple[int, ...] = BATCHES,
         counts["runs"] += len(got)
         counts["caught"] += caught
         counts["localised"] += local
-        lines.add(f"{bug.name:<26}{bug.pair:<8}{bug.side:<7}{bug.area:<17}{bug.level:<9}{bug.layer:<7}"
+        lines.add(f"{bug.name:<26}{bug.pair:<8}{bug.side:<7}{bug.area:<17}{bug.level:<9}{bug.layer:<10}"
                      f"{caught}/{len(got):<6}{local}/{len(got)}")
     for pair in PAIRS:
         got = [run(pair, "", s, b) for s in seeds for b in batches]
         alarms = sum(o.false_alarm for o in got)
         counts["correct_runs"] += len(got)
         counts["false_alarms"] += alarms
-        lines.add(f"{'(correct pair)':<26}{pair:<8}{'':<7}{'':<17}{'all':<9}{'':<7}false alarms {alarms}/{len(got)}")
+        lines.add(f"{'(correct pair)':<26}{pair:<8}{'':<7}{'':<17}{'all':<9}{'':<10}false alarms {alarms}/{len(got)}")
     lines.add(f"{len(BUGS)} bugs over {len(PAIRS)} pairs, seeds {list(seeds)} x batches {list(batches)}: caught "
                  f"{counts['caught']}/{counts['runs']}, localised {counts['localised']}/{counts['runs']}, false alarms "
                  f"{counts['false_alarms']} in {counts['correct_runs']} correct runs")

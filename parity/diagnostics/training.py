@@ -16,6 +16,11 @@ Hyperparameters are aligned explicitly, and the report says how:
   therefore set to ``eps * sqrt(1 - beta2^t)`` before step t, which makes the two
   updates equal in exact arithmetic. ``epsilon=None`` leaves each framework's default in
   place (the classic porting slip; it shows up only here).
+- Weight decay (the optimizer's own, not a regulariser): none by default. A user pair's own
+  optimizers (``parity.diagnostics.user_optimizers``) set each side from its own optimizer, with
+  its framework's semantics (torch SGD/Adam: ``wd * p`` added to the gradient; torch AdamW and
+  Keras: ``p -= lr * wd * p`` before the update), so that a difference between them diverges at
+  the parameters it decays differently.
 - BatchNorm momentum: torch's ``m`` weighs the new batch (new = (1 - m) old + m batch),
   Keras's ``momentum`` the old value, so Keras momentum must be ``1 - m``. The twins are
   trained as built; the report lists each pair and whether it is converted.

@@ -352,12 +352,14 @@ def test_the_command_line_checks_user_pairs_on_ray_and_exits_1_for_a_killed_cell
     assert sorted(records) == [("boom", "tf"), ("boom", "torch"), ("tiny", "tf"), ("tiny", "torch")]
     for source in ("torch", "tf"):  # the pair, checked for real from each side in its own worker
         ok = json.loads((out / "cells" / f"{records['tiny', source]['id']}.json").read_text())
-        assert ok["status"] == "passed" and ok["attempts"] == 1 and ok["result"]["source"] == source
-        assert [c["b"] for c in ok["result"]["comparisons"]] == [source] * 3
+        summary = {k: ok.get(k) for k in ("status", "attempts", "reason", "failed_attempts", "failures")}
+        assert ok["status"] == "passed" and ok["attempts"] == 1 and ok["result"]["source"] == source, summary
+        against = [c["b"] for c in ok["result"]["comparisons"]]  # tf, ort-torch, ort-tf ... against the source
+        assert len(against) >= 3 and set(against) == {source}
         assert 0 < ok["worst"] < 1  # every runtime within the user-pair default of 1e-5 of the output scale
         bad = records["boom", source]
-        assert bad["status"] == "error" and bad["attempts"] == 2
-        assert [r.split(":")[0] for r in bad["failed_attempts"]] == ["WorkerCrashedError"] * 2
+        assert bad["status"] == "error" and bad["attempts"] == 2, bad
+        assert [r.split(":")[0] for r in bad["failed_attempts"]] == ["WorkerCrashedError"] * 2, bad
     assert "4 cells: 2 passed, 0 failed, 2 errors" in captured.out
     assert "retrying in a fresh worker" in captured.err
     assert files_under(out) == sorted([f"cells/{r['id']}.json" for r in records.values()]

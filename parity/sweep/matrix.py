@@ -128,7 +128,7 @@ class SweepSpec:
     train: bool = False
     budget_s: float = 1.0
     min_runs: int = 10
-    pairs: tuple[UserPair, ...] = ()  # the user's own pairs, checked beside the zoo models
+    pairs: tuple[UserPair, ...] = ()  # the user's own pairs, beside the zoo models (models=() for pairs only)
 
     def model_names(self) -> list[str]:
         import zoo
@@ -222,7 +222,8 @@ class SweepSpec:
             data["models"] = []  # only the user's pairs, not the default 'all'
         unknown = sorted(set(data) - set(fields))
         if unknown:
-            raise UsageError(f"{origin}: unknown key(s) {', '.join(unknown)}; known: {', '.join(fields)}")
+            raise UsageError(f"{origin}: unknown key(s) {', '.join(unknown)}; known: {', '.join(fields)}, "
+                             "and [[pair]] tables")
         values: dict[str, Any] = {}
         for key, value in data.items():
             default = fields[key].default

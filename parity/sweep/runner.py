@@ -185,7 +185,7 @@ def run_in_worker(cell: SweepCell, execute: Execute | None, workdir: str | None 
     for ``parity check``. On other nodes the pair's modules must be importable there.
     """
     if workdir and os.path.isdir(workdir):
-        pass  # the worker serves this one cell (max_calls=1): nothing else sees the change
+        os.chdir(workdir)  # the worker serves this one cell (max_calls=1): nothing else sees the change
     if cell.device != "cuda":  # no GPU was reserved for it: keep it off the GPUs other cells hold
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
     if execute is None:

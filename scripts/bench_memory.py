@@ -8,6 +8,11 @@ Each measurement runs in a fresh child process, so that one does not inherit the
 is the resident set after check N against after check 1, in one process (the first check pays
 for imports, graph tracing and caches once; what grows after it is a leak). Not a test: memory
 depends on the library versions and the allocator, so the numbers are reported, not asserted.
+
+The MiniLM figure comes with a table by stage (each progress line of the check starts one):
+the resident set when the stage began and the highest one sampled (every 10 ms) during it.
+``peak_of_any_process_gb`` also counts the check's child processes (their largest ru_maxrss; a
+helper forked from the check, such as ``uname -p``, reports the parent's pages it shared at the fork).
 """
 
 from __future__ import annotations

@@ -137,7 +137,17 @@ def fold(model: Any) -> Graph:
     remaining: list[Any] = []
     unfolded: dict[str, str] = {}
     budget = fold_budget(consts)
+    sequences: dict[str, list[np.ndarray]] = {}  # folded sequences (torch splits packed weights with them)
+    consumers: dict[str, list[Any]] = {}
+    producers = {out: n for n in g.node for out in n.output}
+    for n in g.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
     for node in g.node:
+        if node.op_type == "SequenceAt" and node.input[0] in sequences and node.input[1] in consts:
+            consts[node.output[0]] = sequences[node.input[0]][int(consts[node.input[1]])]
+            provenance[node.output[0]] = provenance[node.input[0]]
+            continue
         if node.op_type == "Shape" and node.input[0] not in consts:
             value = _static_shape(node, known.get(node.input[0]))
             if value is not None:  # the dims asked for are static although the batch is not
@@ -165,12 +175,18 @@ def fold(model: Any) -> Graph:
             values, why = (None, f"not folded: its output would take {size:,} bytes, over the folding budget of "
                                  f"{budget:,}") if size is not None and size > budget else \
                 _evaluate(node, consts, onnx, opset)
+            if values is not None and not all(_foldable_value(v, consumers.get(out, []), consts, producers)
+                                              for out, v in zip(node.output, values, strict=False)):
+                values, why = None, "its output is a sequence read other than by SequenceAt at a constant position"
             if values is None:
                 unfolded[node.name or f"{node.op_type}({node.output[0]})"] = why
             else:
                 origin = frozenset().union(*(provenance[i] for i in ins))
                 for out, value in zip(node.output, values, strict=False):
-                    consts[out] = np.asarray(value)
+                    if isinstance(value, list | tuple):
+                        sequences[out] = [np.asarray(v) for v in value]
+                    else:
+                        consts[out] = np.asarray(value)
                     provenance[out] = origin
                 continue
         remaining.append(node)
@@ -296,6 +312,16 @@ def _constant_value(node: Any) -> np.ndarray | None:
     return None
 
 
+def _foldable_value(value: Any, readers: list[Any], consts: dict[str, np.ndarray], producers: dict[str, Any]) -> bool:
+    """A tensor always folds; a sequence only when every reader is a SequenceAt at a constant position,
+    so that no node left in the graph reads a sequence that is no longer produced."""
+    if not isinstance(value, list | tuple):
+        return True
+    return bool(readers) and all(
+        r.op_type == "SequenceAt" and (r.input[1] in consts or getattr(producers.get(r.input[1]), "op_type", "")
+                                      == "Constant") for r in readers)
+
+
 def _evaluate(node: Any, consts: dict[str, np.ndarray], onnx: Any, opset: int) -> tuple[list[np.ndarray] | None, str]:
     """The node's outputs from ONNX's reference evaluator, or None and why it cannot run the node."""
     from onnx.reference import ReferenceEvaluator
@@ -306,9 +332,10 @@ def _evaluate(node: Any, consts: dict[str, np.ndarray], onnx: Any, opset: int) -
     model = _single_node_model(clone, inputs, consts, onnx, opset)
     feeds = {i: consts[i] for i in inputs}
     try:
-        return list(ReferenceEvaluator(model).run(None, feeds)), ""
+        values = list(ReferenceEvaluator(model).run(None, feeds))
     except _REFERENCE_ERRORS as exc:  # the node stays in the graph; ONNX Runtime computes it
         return None, f"the reference evaluator cannot run it ({type(exc).__name__}: {exc})"
+    return values, ""
 
 
 def _single_node_model(node: Any, inputs: Iterable[str], consts: dict[str, np.ndarray], onnx: Any, opset: int) -> Any:

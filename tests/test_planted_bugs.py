@@ -12,9 +12,9 @@ pipeline (``parity.api.check_models``: ONNX export and port) and must get the sa
 from __future__ import annotations
 
 import pytest
+from planted_bugs import BUGS, LEVELS, PAIRS, Bug, levels_for, localised, run, run_pipeline, summary
 
 from converters.errors import WeightMappingError
-from planted_bugs import BUGS, LEVELS, PAIRS, Bug, levels_for, localised, run, run_pipeline, summary
 
 
 def test_the_catalogue_covers_every_area_on_both_sides() -> None:

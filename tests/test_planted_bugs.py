@@ -14,8 +14,6 @@ from __future__ import annotations
 import pytest
 from planted_bugs import BUGS, LEVELS, PAIRS, Bug, levels_for, localised, run, run_pipeline, summary
 
-from converters.errors import WeightMappingError
-
 
 def test_the_catalogue_covers_every_area_on_both_sides() -> None:
     assert len(BUGS) >= 25 and len({b.name for b in BUGS}) == len(BUGS)
@@ -70,15 +68,8 @@ def test_same_verdict_through_the_real_pipeline(pair: str, name: str) -> None:
     _same_verdict_through_onnx(pair, name)
 
 
-SHARED_KV = pytest.mark.xfail(strict=True, raises=WeightMappingError, reason=(
-    "the port refuses this pair clearly: torch's export of an MHA whose query differs from its key packs "
-    "the key and value projections into one (8, 16) MatMul, which the attention rule does not yet split"))
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize(("pair", "name"), [pytest.param(p, n, marks=SHARED_KV) if n == "query_scaled_twice"
-                                            else (p, n) for p, n in PIPELINE_SLOW],
-                         ids=[f"{p}-{n or 'correct'}" for p, n in PIPELINE_SLOW])
+@pytest.mark.parametrize(("pair", "name"), PIPELINE_SLOW, ids=[f"{p}-{n or 'correct'}" for p, n in PIPELINE_SLOW])
 def test_same_verdict_through_the_real_pipeline_slow(pair: str, name: str) -> None:
     _same_verdict_through_onnx(pair, name)
 

@@ -276,3 +276,50 @@ def test_a_failed_layer_table_fails_the_check_through_the_api() -> None:
     assert layers is not None and not layers.passed
     assert not result.passed
     assert layers.first_divergence == next(r.layer for r in layers.rows if r.depth and r.ratio > 1.0)
+
+
+def _cross_attention_pair():  # noqa: ANN202
+    """nn.MultiheadAttention(E=8, 2 heads) whose query (x / 2) differs from its key and value (x), and its
+    Keras twin. torch's export packs the key and value projections into one (8, 16) MatMul."""
+    import keras
+    import torch
+    from torch import nn
+
+    class Cross(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.mha = nn.MultiheadAttention(8, 2, batch_first=True)
+            self.head = nn.Linear(8, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.mha(x / 2, x, x, need_weights=False)[0])
+
+    keras.utils.set_random_seed(0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        tm = Cross()
+        with torch.no_grad():  # distinct biases, so that a k/v mix-up of the bias halves shows too
+            tm.mha.in_proj_bias.copy_(torch.linspace(-1.0, 1.0, 24))
+    x = inp = keras.Input((4, 8), name="x")
+    a = keras.layers.MultiHeadAttention(2, 4, name="mha")(keras.layers.Rescaling(0.5, name="half")(x), x)
+    return tm, keras.Model(inp, keras.layers.Dense(3, name="head")(a))
+
+
+def test_attention_with_a_query_apart_from_key_and_value_ports_and_passes() -> None:
+    """The packed (E, 2E) key-value projection is split into k (first E columns) and v (next E), torch's
+    in_proj order; before, the port refused this correct pair (a k kernel of (8, 16), not (8, 8))."""
+    from parity import check_models
+
+    tm, km = _cross_attention_pair()
+    for w in km.weights:  # scramble the target, so that only the port can make it agree
+        w.assign(np.zeros(tuple(w.shape), np.float32) + 0.5)
+    result = check_models(tm, km, {"x": (4, 8)}, layers=True)
+    assert result.passed and not result.failures, [str(c) for c in result.failures]
+    assert result.layers is not None and result.layers.passed
+    mha = km.get_layer("mha")
+    e, heads, dim = 8, 2, 4
+    w, b = tm.mha.in_proj_weight.detach().numpy(), tm.mha.in_proj_bias.detach().numpy()
+    for i, dense in enumerate((mha.query_dense, mha.key_dense, mha.value_dense)):  # q; k; v rows of in_proj
+        kernel, bias = (np.asarray(v) for v in dense.weights)
+        np.testing.assert_array_equal(kernel.reshape(e, e), w[i * e:(i + 1) * e].T)
+        np.testing.assert_array_equal(bias.reshape(heads * dim), b[i * e:(i + 1) * e])

@@ -12,6 +12,7 @@ from converters.rules.base import (
     attrs_of,
     other_input,
 )
+from converters.rules.linear import column_parts
 
 _LAYOUT_OPS = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Cast", "Gather", "Split", "Slice",
                "Mul", "Div", "Expand"}
@@ -22,9 +23,12 @@ def _is_scalar_tensor(graph: Graph, name: str) -> bool:
     shape = graph.shapes.get(name)
     return shape is not None and all(d == 1 for d in shape)
 
-def _trace_to_group(graph: Graph, tensor: str, outputs: dict[str, ParamGroup]) -> tuple[ParamGroup | None, bool]:
+def _trace_to_group(graph: Graph, tensor: str, outputs: dict[str, ParamGroup],
+                    picks: list[int] | None = None) -> tuple[ParamGroup | None, bool]:
     """Follow ``tensor`` upstream through layout ops to a dense group's output.
-    Returns the group and whether a scalar scaling (1/sqrt(d)) was passed on the way."""
+    Returns the group and whether a scalar scaling (1/sqrt(d)) was passed on the way;
+    ``picks`` collects the constant scalar indices of the Gathers passed (which part of a
+    packed projection the tensor is)."""
     scaled = False
     for _ in range(16):
         if tensor in outputs:
@@ -43,6 +47,9 @@ def _trace_to_group(graph: Graph, tensor: str, outputs: dict[str, ParamGroup]) -
             data = [i for i in node.input if i not in scalars]
         if not data:
             return None, scaled
+        index = graph.const(node.input[1]) if node.op_type == "Gather" else None
+        if picks is not None and index is not None and index.size == 1:
+            picks.append(int(index.reshape(-1)[0]))
         tensor = data[0]
     return None, scaled
 
@@ -118,24 +125,31 @@ def fuse_attention(graph: Graph, groups: list[ParamGroup]) -> list[ParamGroup]:
             continue
         (m1, swapped), (m2, value) = score, context
         # in A @ B the rows of A are query positions and the columns of B key positions
-        (a, _), (b, _) = (_trace_to_group(graph, t, outputs) for t in m1.input[:2])
+        picked: list[list[int]] = [[], [], []]
+        (a, _), (b, _) = (_trace_to_group(graph, t, outputs, p) for t, p in zip(m1.input[:2], picked[:2], strict=True))
         if swapped:
             a, b = b, a
-        v, _ = _trace_to_group(graph, value, outputs)
+            picked[:2] = picked[1::-1]
+        v, _ = _trace_to_group(graph, value, outputs, picked[2])
         out = _output_projection(graph, m2.output[0], inputs)
         if a is None or b is None or v is None or out is None:
             continue
+        owners = [a, b, v, out]  # the groups the attention group replaces
         if a is b is v:  # packed in-projection (E, 3E): torch's q; k; v order
             kernel, bias = a.tensors["kernel"], a.tensors["bias"]
             e = kernel.shape[1] // 3  # type: ignore[union-attr]
             parts = [(kernel[:, i * e:(i + 1) * e], None if bias is None else bias[i * e:(i + 1) * e])  # type: ignore[index]
                      for i in range(3)]
-            members = [a]
+            members = [a, out]
+        elif b is v and a is not b and b.tensors["kernel"].shape[1] == 2 * a.tensors["kernel"].shape[1]:  # type: ignore[union-attr]
+            # query apart, key is value: torch packs k; v into one (E, 2E) projection
+            swap = picked[1][-1:] == [1] and picked[2][-1:] == [0]  # the Gathers read v first
+            k_part, v_part = column_parts(b, 2)[::-1 if swap else 1]
+            parts = [(g.tensors["kernel"], g.tensors["bias"]) for g in (a, k_part, v_part)]
+            members = [a, k_part, v_part, out]
         else:
-            q, k = a, b
-            parts = [(g.tensors["kernel"], g.tensors["bias"]) for g in (q, k, v)]
-            members = [q, k, v]
-        members.append(out)
+            parts = [(g.tensors["kernel"], g.tensors["bias"]) for g in (a, b, v)]
+            members = [a, b, v, out]
         e_out = out.tensors["kernel"].shape[1]  # type: ignore[union-attr]
         tensors: dict[str, np.ndarray | None] = {}
         for name, (kern, bias) in zip("qkv", parts, strict=True):
@@ -143,14 +157,15 @@ def fuse_attention(graph: Graph, groups: list[ParamGroup]) -> list[ParamGroup]:
             tensors[f"{name}_bias"] = bias if bias is not None else np.zeros(kern.shape[1], np.float32)  # type: ignore[union-attr]
         tensors["out_kernel"] = out.tensors["kernel"]
         tensors["out_bias"] = out.tensors["bias"] if out.tensors["bias"] is not None else np.zeros(e_out, np.float32)
-        ids = [groups.index(g) for g in members]
+        ids = sorted({i for i, g in enumerate(groups) if any(g is o for o in owners)})
         if used & set(ids):
             continue
         used |= set(ids)
-        fused[min(ids)] = ParamGroup(
-            "attention", [n for g in members for n in g.nodes], tensors,
+        unique = list({id(g): g for g in owners}.values())
+        fused[ids[0]] = ParamGroup(
+            "attention", [n for g in unique for n in g.nodes], tensors,
             {"packed": len(members) == 2, "members": members},
-            frozenset().union(*(g.sources for g in members)), input=members[0].input, output=out.output)
+            frozenset().union(*(g.sources for g in unique)), input=a.input, output=out.output)
     if not fused:
         return groups
     result = []

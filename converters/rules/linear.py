@@ -239,3 +239,16 @@ def _moved_bias(graph: Graph, node: Any, claimed: set[str]) -> ParamGroup | None
 
 extractor("BiasGelu")(_moved_bias)
 extractor("FastGelu")(_moved_bias)
+
+def column_parts(group: ParamGroup, count: int) -> list[ParamGroup]:
+    """A dense group cut into ``count`` equal parts along its output features (kernel columns, bias),
+    for a projection that packs several (torch's key and value in one (E, 2E) MatMul)."""
+    kernel, bias = group.tensors["kernel"], group.tensors["bias"]
+    width = kernel.shape[1] // count  # type: ignore[union-attr]
+    if width * count != kernel.shape[1]:  # type: ignore[union-attr]
+        raise ValueError(f"{group.label}: {kernel.shape[1]} features do not split into {count} parts")  # type: ignore[union-attr]
+    cuts = [(k * width, (k + 1) * width) for k in range(count)]
+    return [ParamGroup("dense", [f"{group.nodes[0]}[{a}:{b}]", *group.nodes[1:]],
+                       {"kernel": kernel[:, a:b], "bias": None if bias is None else bias[a:b]},  # type: ignore[index]
+                       {**group.attrs, "unflatten": None}, group.sources, input=group.input, output=group.output)
+            for a, b in cuts]

@@ -205,3 +205,19 @@ def test_tensorflow_start_up_lines_are_dropped_and_nothing_else(tmp_path: Path) 
     child = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60,
                            cwd=Path(__file__).parents[1], check=True)
     assert child.stderr.splitlines() == kept
+
+
+def test_the_layer_plot_draws_the_rule_of_the_table() -> None:
+    """The plotted value is max |a-b| / (atol + rtol |b|) with the tolerance line at 1, so a row over
+    atol but within atol + rtol |b| sits below the line, as the table's verdict says."""
+    from parity.report.figures import layer_figure
+
+    rows = [{"layer": "conv1", "max_abs": 2e-5, "atol": 1e-5, "rtol": 1e-4, "ratio": 0.4, "passed": True},
+            {"layer": "fc", "max_abs": 9e-5, "atol": 1e-5, "rtol": 1e-5, "ratio": 3.0, "passed": False}]
+    ax = layer_figure(rows, "t").axes[0]
+    assert "rtol" in ax.get_ylabel()
+    values = list(ax.lines[0].get_ydata())
+    assert values == [0.4, 3.0]
+    line = ax.lines[1]
+    assert list(line.get_ydata()) == [1.0, 1.0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["conv1", "fc"]

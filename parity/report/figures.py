@@ -34,23 +34,32 @@ def _figure(width: float, height: float) -> Any:
 
 
 def layer_figure(rows: Sequence[Mapping[str, Any]], title: str) -> Any:
-    """max |a-b| and its tolerance per layer, the x axis labelled with the layer names in depth order."""
+    """Each layer's worst element against its tolerance, max |a-b| / (atol + rtol |b|), the rule of the
+    table and the verdict (a point above the line at 1 is a FAIL row), the x axis labelled with the
+    layer names in depth order. Rows saved before the ratio existed fall back to max |a-b| and atol."""
     names = [str(r["layer"]) for r in rows]
     fig = _figure(max(6.0, 0.32 * len(names) + 2), 4.2)
     ax = fig.subplots()
     xs = list(range(len(rows)))
-    errors = [_floor(r.get("max_abs")) for r in rows]
-    ax.plot(xs, errors, marker="o", label=f"max |a-b| (0 drawn at {FLOOR:g})")
-    ax.plot(xs, [_floor(r.get("atol")) for r in rows], linestyle="--", color="C3",
-            label="tolerance at that depth (atol)")
+    by_ratio = all(r.get("ratio") is not None for r in rows)
+    if by_ratio:
+        values = [_floor(r.get("ratio")) for r in rows]
+        ax.plot(xs, values, marker="o", label=f"max |a-b| / (atol + rtol |b|) (0 drawn at {FLOOR:g})")
+        ax.axhline(1.0, linestyle="--", color="C3", label="tolerance: |a-b| = atol + rtol |b|")
+        ax.set_ylabel("max |a-b| / (atol + rtol |b|)")
+    else:
+        values = [_floor(r.get("max_abs")) for r in rows]
+        ax.plot(xs, values, marker="o", label=f"max |a-b| (0 drawn at {FLOOR:g})")
+        ax.plot(xs, [_floor(r.get("atol")) for r in rows], linestyle="--", color="C3",
+                label="atol at that depth (this result has no rtol ratio)")
+        ax.set_ylabel("max |a-b|")
     bad = [i for i, r in enumerate(rows) if not r.get("passed")]
     if bad:
-        ax.scatter(bad, [errors[i] for i in bad], color="red", zorder=3, s=60, label="over tolerance")
+        ax.scatter(bad, [values[i] for i in bad], color="red", zorder=3, s=60, label="over tolerance")
     ax.set_yscale("log")
     ax.set_xticks(xs, names, rotation=60 if len(names) > 6 else 0, ha="right" if len(names) > 6 else "center",
                   fontsize="small")
     ax.set_xlabel("layer (in depth order)")
-    ax.set_ylabel("max |a-b|")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize="small", loc="best")

@@ -193,7 +193,8 @@ def port_model(
     order is traced from a forward pass instead of registration order.
     ``onnx_path``: where to keep the exported file (a temporary file otherwise).
     ``lossless``: export so that BatchNorm statistics survive (torch exporters only;
-    tf2onnx always folds them, see ``converters.export.LOSSLESS_SUPPORT``).
+    tf2onnx always folds them, see ``converters.export.LOSSLESS_SUPPORT``; from a Keras source they
+    are restored from the source itself, ``converters.restore_batchnorm``).
     ``strict``: a semantic-defaults disagreement (epsilon, momentum, GELU form, ...)
     raises :class:`converters.lint.SemanticMismatchError` before anything is exported;
     otherwise the findings are in the report's ``lint``.
@@ -242,6 +243,12 @@ def _port_model(source: Any, target: Any, source_inputs: Any, target_inputs: Any
                      exporter=exporter, lossless=lossless)
         say(f"porting its weights into the {dst_fw} twin through {path.name}")
         report = port_onnx(path, target, target_inputs)
+    if src_fw == "tf":  # tf2onnx folded the BatchNorms: their statistics are still in the source
+        from converters.restore_batchnorm import restore_batchnorm
+
+        restored = restore_batchnorm(source, target, report)
+        if restored:
+            say(f"restored {len(restored)} BatchNorm(s) the export had folded, from the Keras source")
     report.lint = list(findings)
     return report
 

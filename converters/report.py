@@ -30,6 +30,8 @@ class LayerPort:
     status: str  # "exact" | "inference-only"
     note: str = ""
     reason: str = ""  # one of REASONS when inference-only, else ""
+    # in the ONNX file: still set on an exact layer whose statistics were restored from a Keras source
+    # (converters.restore_batchnorm), since the file's node computes the pair
     folded_batchnorm: str | None = None  # the BatchNorm folded into this layer (target name)
     folded_into: str | None = None  # the layer this BatchNorm was folded into (target name)
 

@@ -132,7 +132,8 @@ def _diagnose(result: Any, options: Any, *, spec: Any, models: Mapping[str, Any]
 
 
 def inference_only(port: PortReport) -> str:
-    """Why the port makes the twins agree in inference only (a BatchNorm folded away), or ''.
+    """Why the port makes the twins agree in inference only (a BatchNorm folded away and not restored
+    from a Keras source, ``converters.restore_batchnorm``), or ''.
 
     An LSTM ported with one bias per gate is inference-only too, but training parity
     aligns it (parity.diagnostics.training folds torch's b_hh into b_ih), so it does not count here.
@@ -143,7 +144,8 @@ def inference_only(port: PortReport) -> str:
     names = ", ".join(x.target for x in bad[:6]) + (f" and {len(bad) - 6} more" if len(bad) > 6 else "")
     return (f"the port is inference-only at {names} ({bad[0].note or bad[0].transform}): the twins compute "
             "the same outputs but not the same gradients or training steps; port from a lossless export (from "
-            "torch; tf2onnx always folds BatchNorm) to compare them")
+            "torch), or from the Keras model itself rather than its ONNX file (tf2onnx folds BatchNorm; the "
+            "statistics are then restored from the model), to compare them")
 
 
 def format_diagnostics(result: Any) -> str:

@@ -86,9 +86,10 @@ def _final_paths(data: Any, stage: Path, out: Path, final: dict[str, str]) -> An
 
 def convert_zoo(model: str, out: str | Path, *, source: str = "torch", preset: str = "small", seed: int = 0,
                 batch: int = 2, layers: bool = False, grads: bool = False, train_steps: int = 0,
-                exporter: str | None = None, overwrite: bool = False,
+                exporter: str | None = None, overwrite: bool = False, fold_batchnorm: bool = False,
                 progress: Callable[[str], None] | None = None) -> ConvertResult:
-    """Generate the ``OTHER[source]`` twin of zoo ``model`` from its ``source`` twin into ``out``."""
+    """Generate the ``OTHER[source]`` twin of zoo ``model`` from its ``source`` twin into ``out``
+    (``fold_batchnorm``: the serving twin, see ``parity.serving``)."""
     import zoo
     from converters.codegen import generate, keras_hints
     from converters.codegen.files import load_model_module, staged_folder
@@ -99,6 +100,10 @@ def convert_zoo(model: str, out: str | Path, *, source: str = "torch", preset: s
     say = progress or _quiet
     if source not in OTHER:
         raise UsageError(f"--from must be 'torch' or 'tf', got {source!r}")
+    if fold_batchnorm:
+        from parity.serving import refuse_training
+
+        refuse_training(layers, grads, train_steps)
     try:
         spec = zoo.get(model, preset=preset)
     except (zoo.UnknownModelError, ValueError) as exc:
@@ -114,6 +119,11 @@ def convert_zoo(model: str, out: str | Path, *, source: str = "torch", preset: s
         say("exporting it to ONNX")
         export_model(source_model, source, list(inputs.values()), stage / "source.onnx", input_names=list(inputs),
                      output_names=spec.output_names, exporter=exporter or spec.torch_exporter, lossless=True)
+        if fold_batchnorm:  # BatchNorm folded into the convolutions: generated, ported, folded, checked as it is
+            from parity.serving import serve_zoo
+
+            twin, result = serve_zoo(stage, spec, source_model, inputs, source=source, batch=batch, seed=seed, say=say)
+            return ConvertResult(Path(out), twin.generated.code, result, _finish(stage, Path(out), target, result))
         say(f"generating the {'Keras' if target == 'tf' else 'PyTorch'} twin's source")
         spatial = {s.name for s in spec.inputs if s.layout in ("NCHW", "NCL")}
         generated = generate(stage / "source.onnx", target, model=spec.name, spatial_inputs=spatial,
@@ -134,7 +144,7 @@ def convert_zoo(model: str, out: str | Path, *, source: str = "torch", preset: s
 def convert_models(source_model: Any, inputs: Any, out: str | Path, *, name: str = "",
                    input_layouts: dict[str, str] | None = None, layers: bool = False, grads: bool = False,
                    train_steps: int = 0, batch: int = 2, seed: int = 0, overwrite: bool = False,
-                   progress: Callable[[str], None] | None = None) -> ConvertResult:
+                   fold_batchnorm: bool = False, progress: Callable[[str], None] | None = None) -> ConvertResult:
     """Generate the twin of your own torch or Keras model in the other framework into ``out``.
 
     ``inputs``: as for ``parity.check_models`` (arrays or shapes, in the source's layout);
@@ -151,6 +161,10 @@ def convert_models(source_model: Any, inputs: Any, out: str | Path, *, name: str
 
     say = progress or _quiet
     source = framework_of(source_model)
+    if fold_batchnorm:
+        from parity.serving import refuse_training
+
+        refuse_training(layers, grads, train_steps)
     target = OTHER[source]
     name = name or (source_model.name if source == "tf" else type(source_model).__name__)
     from zoo.spec import TensorSpec
@@ -174,6 +188,12 @@ def convert_models(source_model: Any, inputs: Any, out: str | Path, *, name: str
                    (n not in layouts and a.ndim == 4 and a.dtype.kind == "f")}
         for n in spatial:
             layouts.setdefault(n, "NCHW" if arrays[n].ndim == 4 else "NCL")
+        if fold_batchnorm:  # BatchNorm folded into the convolutions: generated, ported, folded, checked as it is
+            from parity.serving import serve_user
+
+            twin, result = serve_user(stage, source_model, arrays, name=name, spatial=spatial, layouts=layouts,
+                                      batch=batch, seed=seed, say=say)
+            return ConvertResult(Path(out), twin.generated.code, result, _finish(stage, Path(out), target, result))
         generated = generate(stage / "source.onnx", target, model=name, spatial_inputs=spatial,
                              origin=f"your {source} model {name}",
                              hints=keras_hints(source_model) if source == "tf" else None)
@@ -183,6 +203,42 @@ def convert_models(source_model: Any, inputs: Any, out: str | Path, *, name: str
                                grads=grads, train_steps=train_steps)
         result = check_pair(source_model, twin, arrays, options, input_layouts=layouts or None, progress=say)
         data = _finish(stage, Path(out), target, result)
+    return ConvertResult(Path(out), generated.code, result, data)
+
+
+def convert_checkpoint(model: str, checkpoint: str | Path, out: str | Path, *, texts: tuple[str, ...] = (),
+                       batch: int = 2, seed: int = 0, layers: bool = False, grads: bool = False,
+                       train_steps: int = 0, overwrite: bool = False,
+                       progress: Callable[[str], None] | None = None) -> ConvertResult:
+    """Generate the Keras twin of a published torch checkpoint (``parity import`` formats), imported into
+    the zoo's ``model`` twin, and check it as ``parity check --checkpoint`` does: with ``texts`` (bert), on
+    the checkpoint's own tokenisation, including the sentence embeddings its users see."""
+    from converters.codegen import generate
+    from converters.codegen.files import load_model_module, staged_folder
+    from converters.export import export_model
+    from parity.check.pipeline import run_check
+    from parity.check.sources import checkpoint_source
+
+    say = progress or _quiet
+    import torch  # noqa: F401  (torch before TensorFlow in one process)
+
+    options = CheckOptions(model=model, source="torch", preset="standard", batch=batch, seed=seed,
+                           checkpoint=Path(checkpoint), texts=tuple(texts), layers=layers, grads=grads,
+                           train_steps=train_steps)
+    with staged_folder(out, overwrite) as stage:
+        ckpt = checkpoint_source(options, None, say)
+        inputs = ckpt.spec.inputs_for("torch", ckpt.inputs)
+        say("exporting it to ONNX")
+        export_model(ckpt.model, "torch", list(inputs.values()), stage / "source.onnx", input_names=list(inputs),
+                     output_names=ckpt.spec.output_names, exporter=ckpt.spec.torch_exporter, lossless=True)
+        say("generating the Keras twin's source")
+        generated = generate(stage / "source.onnx", "tf", model=ckpt.spec.name,
+                             origin=f"checkpoint {Path(checkpoint).name} in the zoo's {model} torch twin")
+        (stage / "model.py").write_text(generated.code)
+        module = load_model_module(stage / "model.py")
+        twin_spec = dataclasses.replace(ckpt.spec, keras_builder=lambda cfg: module.build_model())
+        result = run_check(dataclasses.replace(options, out=stage / "check"), spec=twin_spec, progress=say)
+        data = _finish(stage, Path(out), "tf", result)
     return ConvertResult(Path(out), generated.code, result, data)
 
 

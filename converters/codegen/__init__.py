@@ -82,10 +82,17 @@ def generate(path: str | Path, target: str, *, model: str = "", origin: str = ""
 
 
 def keras_hints(model: Any) -> dict[str, dict[str, Any]]:
-    """What tf2onnx folds away, read from the Keras source: each BatchNormalization's epsilon and momentum."""
+    """What tf2onnx folds away, read from the Keras source: each BatchNormalization's epsilon and momentum,
+    and whether a Dense or MultiHeadAttention has biases (tf2onnx drops all-zero ones)."""
     import keras
 
     from converters.targets.keras_target import leaf_layers
 
-    return {layer.name: {"epsilon": float(layer.epsilon), "momentum": float(layer.momentum)}
-            for layer in leaf_layers(model) if isinstance(layer, keras.layers.BatchNormalization)}
+    hints: dict[str, dict[str, Any]] = {}
+    for layer in leaf_layers(model):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            hints[layer.name] = {"epsilon": float(layer.epsilon), "momentum": float(layer.momentum)}
+        elif isinstance(layer, (keras.layers.Dense, keras.layers.EinsumDense, keras.layers.MultiHeadAttention)):
+            dense = getattr(layer, "query_dense", layer)  # a MultiHeadAttention's projections
+            hints[layer.name] = {"use_bias": getattr(dense, "bias", None) is not None}
+    return hints

@@ -10,10 +10,14 @@ import numpy as np
 import converters.codegen.layer_handlers  # noqa: F401  (registers the layers' handlers)
 import converters.codegen.rnn_handlers  # noqa: F401
 from converters.codegen import layout as lay
-from converters.codegen.handlers import GROUP_HANDLERS, NODE_HANDLERS
+from converters.codegen.attention_keras import torch_patterns
+from converters.codegen.handlers import GROUP_HANDLERS, NODE_HANDLERS, group_handler
+from converters.codegen.keras_patterns import keras_patterns
 from converters.codegen.lower import Lowering, tensordot_input, walk
+from converters.codegen.masked_rnn import loop_mask, stack_layers
 from converters.codegen.program import Input, Program
 from converters.codegen.rnn_handlers import keras_embedding_ids, loop_sequence, sequence_lens_input
+from converters.codegen.unit_axis import squeeze_unit_axes
 from converters.errors import UnsupportedLayerError
 from converters.graph import Graph
 from converters.params import ParamGroup, param_groups
@@ -32,6 +36,7 @@ def lower_graph(graph: Graph, *, target: str, source: str, model: str,
     """
     if target not in ("tf", "torch"):
         raise ValueError(f"unknown target framework {target!r}; expected 'tf' or 'torch'")
+    graph = squeeze_unit_axes(graph)  # Keras's 1-D layers: tf2onnx's 2-D ops on a size-1 axis
     groups = param_groups(graph)
     for g in groups:
         lens = sequence_lens_input(graph, g)
@@ -39,15 +44,20 @@ def lower_graph(graph: Graph, *, target: str, source: str, model: str,
             g.attrs["extra_inputs"] = (lens,)
         if g.attrs.get("from_loop"):
             g.attrs["sequence_input"] = loop_sequence(graph, g)
+            g.attrs["extra_inputs"] = tuple(t for t in [loop_mask(graph, g)] if t)  # a Keras mask
         if source == "tf" and tensordot_input(graph, g):
             g.input = tensordot_input(graph, g)
         if source == "tf" and keras_embedding_ids(graph, g):
             g.input = keras_embedding_ids(graph, g)
+    if source == "tf":
+        groups = keras_patterns(graph, groups, target, hints or {})
+    if source == "torch" and target == "tf":
+        groups = torch_patterns(graph, groups)  # a class token's Concat, GELU, x[:, i]
     steps = walk(graph, groups)
     unsupported = [f"{node_name(s)} ({s.op_type})" for s in steps
                    if not isinstance(s, ParamGroup) and s.op_type not in NODE_HANDLERS]
     unsupported += [f"{'+'.join(s.nodes)} ({s.kind} layer)" for s in steps
-                    if isinstance(s, ParamGroup) and s.kind not in GROUP_HANDLERS]
+                    if isinstance(s, ParamGroup) and group_handler(s.kind, target) is None]
     if unsupported:
         raise UnsupportedLayerError(
             f"cannot generate a {'Keras' if target == 'tf' else 'PyTorch'} twin: {len(unsupported)} ONNX node(s) "
@@ -57,13 +67,16 @@ def lower_graph(graph: Graph, *, target: str, source: str, model: str,
     low.groups = groups
     low.hints = dict(hints or {})
     low.reserved = {low.layer_name(g) for g in groups} | {low.folded_batchnorm(g) for g in groups}
+    low.reserved |= {name for g in groups for name in g.attrs.get("layer_names", ())}  # a group of several layers
     inputs = [_input(low, name, spatial_inputs) for name in graph.inputs]
     perms = {name: low.perm(name) for name in graph.inputs}
     for step in steps:
         if isinstance(step, ParamGroup):
-            GROUP_HANDLERS[step.kind](low, step)
+            group_handler(step.kind, target)(low, step)  # type: ignore[misc]  (refused above if None)
         elif node_name(step) not in low.done:
             NODE_HANDLERS[step.op_type](low, step)
+    if target == "torch":
+        stack_layers(low)  # Keras's lstm.l0, lstm.l1 ... as one nn.LSTM(num_layers=n), as torch stacks them
     outputs = []
     for name in graph.outputs:
         rank = len(low.shape(name) or ())

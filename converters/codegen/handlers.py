@@ -11,6 +11,7 @@ import numpy as np
 
 from converters.codegen import layout as lay
 from converters.codegen.lower import Lowering
+from converters.codegen.regroup import regroup
 from converters.errors import UnsupportedLayerError
 from converters.params import ParamGroup
 from converters.rules.base import attrs_of, node_name
@@ -19,6 +20,7 @@ NodeHandler = Callable[[Lowering, Any], None]
 GroupHandler = Callable[[Lowering, ParamGroup], None]
 NODE_HANDLERS: dict[str, NodeHandler] = {}
 GROUP_HANDLERS: dict[str, GroupHandler] = {}
+TARGET_GROUP_HANDLERS: dict[tuple[str, str], GroupHandler] = {}  # (kind, target): one target's own handler
 
 
 def node(*op_types: str) -> Callable[[NodeHandler], NodeHandler]:
@@ -31,11 +33,21 @@ def node(*op_types: str) -> Callable[[NodeHandler], NodeHandler]:
     return decorate
 
 
-def group(*kinds: str) -> Callable[[GroupHandler], GroupHandler]:
+def group(*kinds: str, target: str = "") -> Callable[[GroupHandler], GroupHandler]:
+    """Register the handler of groups of ``kinds``; with ``target`` ('tf' or 'torch') for twins in that
+    framework only, ahead of a handler for every target."""
     def decorate(fn: GroupHandler) -> GroupHandler:
-        GROUP_HANDLERS.update(dict.fromkeys(kinds, fn))
+        if target:
+            TARGET_GROUP_HANDLERS.update({(kind, target): fn for kind in kinds})
+        else:
+            GROUP_HANDLERS.update(dict.fromkeys(kinds, fn))
         return fn
     return decorate
+
+
+def group_handler(kind: str, target: str) -> GroupHandler | None:
+    """The handler of a group of ``kind`` in a twin for ``target``, or None."""
+    return TARGET_GROUP_HANDLERS.get((kind, target)) or GROUP_HANDLERS.get(kind)
 
 
 def _unsupported(n: Any, why: str) -> UnsupportedLayerError:
@@ -120,6 +132,8 @@ def _binary(low: Lowering, n: Any) -> None:
         raise _unsupported(n, f"a constant operand of shape {low.graph.consts[const].shape}; only scalars are "
                               "written into the code")
     var, p = low.vars[data[0]]
+    if np.issubdtype(low.graph.consts[const].dtype, np.integer):
+        value = int(value)  # an integer tensor stays one (ids, positions)
     attrs = {"scalar": value, "scalar_first": n.input[0] == const}
     low.vars[n.output[0]] = (low.emit(kind, [var], attrs, low.label(n)), p)
 
@@ -153,11 +167,15 @@ def _slice(low: Lowering, n: Any) -> None:
     axes = list(range(len(starts))) if axes is None else [int(a) % rank for a in np.asarray(axes).reshape(-1)]
     steps = [1] * len(axes) if steps is None else [int(s) for s in np.asarray(steps).reshape(-1)]
     by_var: list[tuple[int | None, int | None, int]] = [(None, None, 1)] * rank
-    big = 2**62  # ONNX writes "to the end" as a huge number
+    big = 10**9  # ONNX writes "to the end" as a huge number (tf2onnx: int32's largest, or 1e9)
+    shape = low.shape(n.input[0]) or (None,) * rank
     for a, b, e, st in zip(axes, np.asarray(starts).reshape(-1), np.asarray(ends).reshape(-1), steps, strict=True):
         begin = None if int(b) == 0 and st > 0 else int(b)
-        end = None if abs(int(e)) >= big else int(e)
+        end = None if abs(int(e)) >= big or (st > 0 and shape[a] is not None and int(e) >= shape[a]) else int(e)
         by_var[p[a]] = (begin, end, st)
+    if all(s == (None, None, 1) for s in by_var):  # the whole tensor (torch's x[:, 0] starts with x[:]): no code
+        low.vars[n.output[0]] = (var, p)
+        return
     low.vars[n.output[0]] = (low.emit("slice", [var], {"slices": tuple(by_var)}, low.label(n)), p)
 
 
@@ -316,6 +334,10 @@ def _reshape(low: Lowering, n: Any) -> None:
         var = low.get(n.input[0], lay.identity(2), low.label(n))
         out = low.emit("reshape", [var], {"shape": tuple(int(d) for d in v_shape[1:])}, low.label(n))
         low.vars[n.output[0]] = (out, q)
+        return
+    moved = regroup(tuple(in_shape), tuple(out_shape), p) if p != lay.identity(len(p)) and not flat else None
+    if moved is not None:  # neighbouring axes merged or split in the variable's own layout: no transpose
+        low.vars[n.output[0]] = (low.emit("reshape", [var], {"shape": moved[0]}, low.label(n)), moved[1])
         return
     var = low.get(n.input[0], lay.identity(len(p)), low.label(n))
     kind = "flatten" if flat else "reshape"

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from converters.codegen.attention_keras import keras_call, keras_classes, keras_expression, keras_layer
 from converters.codegen.program import Op, Program, has_bias, variable_names
-from converters.codegen.text import call_line, literal, subscript
+from converters.codegen.text import assign_line, call_line, literal, subscript
 
 _ACTIVATIONS = {"sigmoid", "tanh", "elu", "softplus", "hard_swish"}
 _OPS = {"exp": "exp", "sqrt": "sqrt", "neg": "negative", "abs": "absolute", "erf": "erf"}
 _MERGE = {"add": "Add", "sub": "Subtract", "mul": "Multiply", "maximum": "Maximum", "minimum": "Minimum"}
+# Keras's Multiply/Maximum/Minimum layers replace the masked steps of an input that carries a Keras
+# mask (a masked RNN's output) by 1 or +-inf before merging: the ONNX graph has no such masks, so in
+# a model that passes `mask=` these merges are written as keras.ops functions, which ignore masks.
+_MASK_SENSITIVE = ("mul", "maximum", "minimum")
 _BINARY_OPS = {"add": "add", "sub": "subtract", "mul": "multiply", "div": "divide", "maximum": "maximum",
                "minimum": "minimum", "pow": "power"}
 
@@ -21,6 +26,9 @@ def _kw(**kwargs: Any) -> str:
 def _layer(op: Op) -> str:
     """The constructor of a parametric layer."""
     name = op.name
+    transformer = keras_layer(op)  # MultiHeadAttention, a class token, a position embedding
+    if transformer is not None:
+        return transformer
     if op.attrs.get("restored_batchnorm"):
         return f"layers.BatchNormalization({_kw(name=name)})"
     g = op.group
@@ -136,11 +144,13 @@ def _ctor(op: Op) -> str | None:
     return None
 
 
-def _expression(op: Op, args: list[str]) -> str:
-    """The right-hand side of the op's line."""
+def _expression(op: Op, args: list[str], masked: bool = False) -> str:
+    """The right-hand side of the op's line; ``masked``: the model passes Keras masks."""
     a, name = op.attrs, op.name
     x = args[0]
     ctor = _ctor(op)
+    if ctor is not None and keras_call(op, ctor, args) is not None:
+        return keras_call(op, ctor, args)  # type: ignore[return-value]
     if ctor is not None:
         return f"{ctor}({x}, mask={args[1]})" if op.kind == "layer" and len(args) == 2 else f"{ctor}({x})"
     if op.kind == "slice":
@@ -153,6 +163,8 @@ def _expression(op: Op, args: list[str]) -> str:
         return f"keras.ops.cumsum(keras.ops.ones_like({x}), axis=1)"
     if op.kind == "sequence_mask":  # step t (from 1) of a sequence is valid while t <= its length
         return f"keras.ops.less_equal({x}, keras.ops.expand_dims({args[1]}, 1))"
+    if keras_expression(op, args) is not None:  # GELU, an attention mask
+        return keras_expression(op, args)  # type: ignore[return-value]
     if op.kind in _OPS:
         return f"keras.ops.{_OPS[op.kind]}({x})"
     if op.kind == "clip":
@@ -160,7 +172,7 @@ def _expression(op: Op, args: list[str]) -> str:
     if op.kind in _BINARY_OPS and "scalar" in a:
         pair = (literal(a["scalar"]), x) if a["scalar_first"] else (x, literal(a["scalar"]))
         return f"keras.ops.{_BINARY_OPS[op.kind]}({pair[0]}, {pair[1]})"
-    if op.kind in _MERGE:
+    if op.kind in _MERGE and not (masked and op.kind in _MASK_SENSITIVE):
         return f"layers.{_MERGE[op.kind]}({_kw(name=name)})([{', '.join(args)}])"
     if op.kind in _BINARY_OPS:
         return f"keras.ops.{_BINARY_OPS[op.kind]}({args[0]}, {args[1]})"
@@ -259,6 +271,7 @@ def render(program: Program, header: str) -> str:
     program = fuse_activations(program)
     wrap = branches(program)
     taken = {op.name for op in program.ops}
+    masked = any(op.kind == "layer" and len(op.args) == 2 and _ctor(op) is not None for op in program.ops)
     k = 0
     while k < len(program.ops):
         op = program.ops[k]
@@ -272,14 +285,14 @@ def render(program: Program, header: str) -> str:
                         f"        name={literal(name)},\n    )({names[op.args[0]]})")
             k = wrap[k] + 1
             continue
-        body.append(f"{names[op.out]} = {_expression(op, [names[a] for a in op.args])}")
+        body.append(assign_line(f"{names[op.out]} = ", _expression(op, [names[a] for a in op.args], masked)))
         k += 1
     ins = [names[i.var] for i in program.inputs]
     outs = [names[v] for v, _ in program.outputs]
     inputs = ins[0] if len(ins) == 1 else f"[{', '.join(ins)}]"
     outputs = outs[0] if len(outs) == 1 else f"[{', '.join(outs)}]"
     body.append(f"return keras.Model(inputs={inputs}, outputs={outputs}, name={literal(program.model)})")
-    lines = [header, "", "import keras", "from keras import layers", "", "",
+    lines = [header, "", "import keras", "from keras import layers", "", "", *keras_classes(program),
              "def build_model() -> keras.Model:",
              f'    """The Keras 3 twin of {program.model} (channels-last), with freshly initialised weights."""']
     lines += [f"    {line}" for line in body]

@@ -68,11 +68,12 @@ def variable_names(program: Program, inputs_reusable: bool) -> dict[str, str]:
             last[a] = k
     kept = {var for var, _ in program.outputs}
     fresh = 0
+    new_values = ("fill_like", "step_numbers")  # values unrelated to the operand's: `x2 = ones_like(ids)`
     taken = set(names.values())
     for k, op in enumerate(program.ops):
         first = op.args[0] if op.args else None
         reusable = first is not None and last.get(first) == k and first not in kept and \
-            (inputs_reusable or all(first != i.var for i in program.inputs))
+            op.kind not in new_values and (inputs_reusable or all(first != i.var for i in program.inputs))
         if reusable:
             names[op.out] = names[first]  # type: ignore[index]
             continue
@@ -87,9 +88,13 @@ def variable_names(program: Program, inputs_reusable: bool) -> dict[str, str]:
 def has_bias(op: Op) -> bool:
     """Whether the layer has a bias: a learned one in the graph (a zero bias counts only as a
     parameter of the source, not as a constant an exporter wrote for a layer without one)."""
+    if op.attrs.get("folded_batchnorm"):  # a serving twin's layer: the folded BatchNorm's shift is its bias
+        return True
     g = op.group
     if g is None or not op.attrs.get("use_bias", True):
         return False
+    if g.attrs.get("use_bias"):  # the source says so (a Keras layer whose all-zero bias tf2onnx dropped)
+        return True
     bias = g.tensors.get("bias")
     if bias is None:
         return False

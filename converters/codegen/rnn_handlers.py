@@ -18,6 +18,7 @@ import numpy as np
 from converters.codegen import layout as lay
 from converters.codegen.handlers import group, node
 from converters.codegen.lower import Lowering, group_input
+from converters.codegen.masked_rnn import check_backward, loop_mask, outer_reads, split_directions
 from converters.errors import UnsupportedLayerError
 from converters.params import ParamGroup
 from converters.rules.base import attrs_of, node_name
@@ -46,6 +47,8 @@ def _zeros(low: Lowering, tensor: str) -> bool:
 
             value = next((numpy_helper.to_array(x.t) for x in node.attribute if x.name == "value"), None)
             return value is None or not np.any(value)  # its default fill is 0
+        if node is not None and node.op_type == "Concat":  # tf2onnx: one zero state per direction
+            return all(_zeros(low, i) for i in node.input if i)
         if node is None or node.op_type not in ("Expand", "Slice", "Reshape", "Unsqueeze", "Squeeze", "Identity"):
             return False
         tensor = node.input[0]
@@ -56,6 +59,11 @@ def rnn_name(low: Lowering, g: ParamGroup) -> str:
     """The torch module's name (``gru``), or for one layer of a stacked module, ``lstm.l1``
     (the zoo's Keras naming); a Keras source's own layer name."""
     name = low.layer_name(g)
+    split = split_directions(low.graph, g.output) if low.source == "tf" and name == g.kind else None
+    if split is not None:  # tf2onnx's bidirectional LSTM node is unscoped; its Concat keeps the layer's name
+        from converters.codegen.naming import tf_layer
+
+        name = tf_layer(split[1][-1]) or name
     if low.source != "torch":
         return name
     layers = set()
@@ -121,14 +129,11 @@ def loop_sequence(graph: Any, g: ParamGroup) -> str:
     if not g.attrs.get("from_loop"):
         return ""
     head = next(n for n in graph.nodes if node_name(n) == g.nodes[0])
-    body = next(a.g for a in head.attribute if a.name == "body")
-    made = {o for n in body.node for o in n.output} | {i.name for i in body.input} | \
-        {t.name for t in body.initializer}
-    outer = sorted({i for n in body.node for i in n.input if i and i not in made and i not in graph.consts})
-    found = [t for t in outer if len(graph.shapes.get(t) or ()) == 3]
+    mask = loop_mask(graph, g)
+    found = [t for t in outer_reads(graph, head) if t != mask]
     if len(found) != 1:
         raise UnsupportedLayerError(f"cannot generate the recurrent layer of Loop node {g.nodes[0]!r}: it reads "
-                                    f"{found or outer} from the outer graph, not one (time, batch, features) sequence")
+                                    f"{found} from the outer graph, not one (time, batch, features) sequence")
     return found[0]
 
 
@@ -164,6 +169,9 @@ def _follow(low: Lowering, g: ParamGroup) -> tuple[str, lay.Perm]:
     # a Keras cell's while-loop (one direction) scans out (T, B, H)
     axes: list[str] = ["T", "B", "F"] if g.attrs.get("from_loop") else ["T", "D", "B", "H"]
     skipped = []
+    split = split_directions(low.graph, tensor)  # tf2onnx: one Slice + Squeeze per direction, a Concat
+    if split is not None:
+        tensor, axes, skipped = split[0], ["T", "B", "F"], split[1]
     while tensor not in low.graph.outputs:
         users = [u for u in low.graph.consumers.get(tensor, []) if u.op_type != "Shape"]  # shapes: no data
         n = users[0] if len(users) == 1 else None
@@ -199,21 +207,28 @@ def _follow(low: Lowering, g: ParamGroup) -> tuple[str, lay.Perm]:
 def _rnn(low: Lowering, g: ParamGroup) -> None:
     head = _node(low, g)
     a = g.attrs
-    if a.get("from_loop") and int(g.tensors["W"].shape[0]) != 1:  # type: ignore[union-attr]
-        raise _refuse(g, "a Keras Bidirectional recurrent layer (two while-loops) is not generated yet; its "
-                         "directions are ported, but the generator follows one loop's output only")
+    mask = loop_mask(low.graph, g)
+    if a.get("from_loop") and int(g.tensors["W"].shape[0]) == 2:  # type: ignore[union-attr]
+        check_backward(low.graph, g, group_input(low.graph, g), mask)
+    elif mask:
+        raise _refuse(g, "a masked one-direction Keras RNN writes its last output again at masked steps "
+                         "(zero_output_for_mask=False), which a packed nn.LSTM/GRU does not; not generated")
     if a.get("layout", 0) != 0:
         raise _refuse(g, "layout=1 (batch-major ONNX RNN) is not generated; export with the default layout")
     if a["direction"] not in ("forward", "bidirectional"):
         raise _refuse(g, f"direction {a['direction']!r}; forward and bidirectional are generated")
-    if a.get("activations") and a["activations"][: len(_DEFAULT_ACTS[g.kind])] != _DEFAULT_ACTS[g.kind]:
-        raise _refuse(g, f"activations {a['activations']}; only the default sigmoid/tanh are generated")
-    states = [i for i in head.input[2:] if i and i not in low.graph.consts] if head.op_type == "Loop" else \
+    acts = [x.decode() if isinstance(x, bytes) else str(x) for x in a.get("activations") or []]  # tf2onnx: bytes
+    default = _DEFAULT_ACTS[g.kind]
+    if acts and acts != default * (len(acts) // len(default)):
+        raise _refuse(g, f"activations {acts}; only the default sigmoid/tanh are generated")
+    loops = [n for n in low.graph.nodes if node_name(n) in g.nodes] if head.op_type == "Loop" else []
+    states = [i for n in loops for i in n.input[2:] if i and i not in low.graph.consts] if loops else \
         [head.input[k] for k in (5, 6) if len(head.input) > k and head.input[k]]
     for state in states:
         if not _zeros(low, state):
             raise _refuse(g, f"a non-zero initial state {state!r}; only zero initial states are generated")
-    for out in head.output[1:] if head.op_type != "Loop" else [o for o in head.output if o != g.output]:
+    # a Loop's scan output (its last) is the sequence (a Bidirectional's: one per loop, joined in g.output)
+    for out in [o for n in loops for o in n.output[:-1]] if loops else head.output[1:]:
         if out and (low.graph.consumers.get(out) or out in low.graph.outputs):
             raise _refuse(g, f"its final state {out!r} is used; only the output sequence is generated")
     lens = sequence_lens_input(low.graph, g)
@@ -236,6 +251,24 @@ def _rnn(low: Lowering, g: ParamGroup) -> None:
         args.append(low.memo[key])
     attrs = {"direction": a["direction"], "hidden": a["hidden"], "reset_after": bool(a.get("linear_before_reset", 1)),
              "input_size": int(g.tensors["W"].shape[2])}  # type: ignore[union-attr]
-    out = low.emit("layer", args, attrs, name, g)
+    out = _masked(low, g, mask, args, attrs, name) if mask else low.emit("layer", args, attrs, name, g)
     end, p = _follow(low, g)
     low.vars[end] = (out, p)
+
+
+def _masked(low: Lowering, g: ParamGroup, mask: str, args: list[str], attrs: dict[str, Any], name: str) -> str:
+    """A layer under a Keras mask (``masked_rnn``): Keras takes it as ``mask=`` (B, T); the torch
+    twin packs the sequence by each one's count of valid steps (right padding) and pads it back."""
+    steps = (low.shape(mask) or (None,))[0]
+    if steps is None:
+        raise _refuse(g, "a mask over a sequence of unknown length")
+    m = low.get(mask, (1, 0, 2), name)  # (T, B, 1) -> a (B, T, 1) variable
+    if low.channels_last:
+        if ("keras_mask", mask) not in low.memo:
+            low.memo["keras_mask", mask] = low.emit("reshape", [m], {"shape": (int(steps),)}, f"{name}_mask")
+        return low.emit("layer", [*args, low.memo["keras_mask", mask]], attrs, name, g)
+    if ("lengths", mask) not in low.memo:
+        low.memo["lengths", mask] = low.emit("mask_lengths", [m], {}, f"{name}_lengths")
+    packed = low.emit("pack", [args[0], low.memo["lengths", mask]], {}, f"{name}_packed")
+    out = low.emit("layer", [packed], attrs, name, g)
+    return low.emit("unpack", [out], {"steps": int(steps)}, f"{name}_unpacked")

@@ -18,7 +18,8 @@ def literal(value: Any) -> str:
         import numpy as np
 
         short = np.float32(value)
-        return str(short) if float(short) == value and np.isfinite(short) else repr(value)
+        text = str(short) if float(short) == value and np.isfinite(short) else repr(value)
+        return text.replace("e+", "e")  # as ruff format writes an exponent
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, (tuple, list)):
@@ -41,6 +42,27 @@ def call_line(head: str, args: str, tail: str, indent: int = 4) -> str:
     parts = split_args(args)
     inner = "".join(f"\n{' ' * indent}{pad}{p}," for p in parts)
     return f"{head}{inner}\n{' ' * indent}{tail.lstrip()}"
+
+
+def assign_line(head: str, expression: str, indent: int = 4) -> str:
+    """``head + expression`` on one line if it fits, else its first call's arguments wrapped inside
+    its parentheses (``x = f(`` / arguments / ``)[0]``), as ruff format does."""
+    one = f"{head}{expression}"
+    start = expression.find("(")
+    if indent + len(one) <= LINE or start < 0:
+        return one
+    depth, quote = 0, False
+    for i in range(start, len(expression)):
+        ch = expression[i]
+        if ch == '"' and expression[i - 1] != "\\":
+            quote = not quote
+        elif not quote and ch in "([{":
+            depth += 1
+        elif not quote and ch in ")]}":
+            depth -= 1
+            if depth == 0:
+                return call_line(head + expression[: start + 1], expression[start + 1 : i], expression[i:], indent)
+    return one
 
 
 def split_args(args: str) -> list[str]:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from converters.codegen.masked_rnn import torch_expression
 from converters.codegen.naming import Unique, class_name, identifier
 from converters.codegen.program import Op, Program, has_bias, variable_names
-from converters.codegen.text import call_line, literal, subscript
+from converters.codegen.text import assign_line, call_line, literal, subscript
 from converters.errors import UnsupportedLayerError
 
 # tf2onnx cannot tell a folded BatchNorm's epsilon and momentum: Keras's defaults are written
@@ -86,12 +87,16 @@ def _module(op: Op) -> str:
         n, dim = g.tensors["table"].shape  # type: ignore[union-attr]
         return f"nn.Embedding({int(n)}, {int(dim)})"
     if g.kind in ("lstm", "gru"):
-        extra = {"batch_first": True, **({"bidirectional": True} if op.attrs["direction"] == "bidirectional" else {})}
+        extra = {**({"num_layers": op.attrs["num_layers"]} if op.attrs.get("num_layers", 1) > 1 else {}),
+                 "batch_first": True, **({"bidirectional": True} if op.attrs["direction"] == "bidirectional" else {})}
         if g.kind == "gru" and not op.attrs["reset_after"]:
             raise UnsupportedLayerError(f"GRU {op.name!r} with linear_before_reset=0 (Keras reset_after=False) has "
                                         "no torch nn.GRU twin")
         cls = "LSTM" if g.kind == "lstm" else "GRU"
         return f"nn.{cls}({op.attrs['input_size']}, {op.attrs['hidden']}, {_kw(**extra)})"
+    if g.kind == "tensor":  # a learned tensor used as is (class token, position table)
+        shape = g.tensors["value"].shape  # type: ignore[union-attr]
+        return f"nn.Parameter(torch.zeros({', '.join(str(int(d)) for d in shape)}))"
     raise AssertionError(f"no torch module for kind {g.kind!r}")  # lower() refuses other kinds first
 
 
@@ -105,6 +110,8 @@ def _expression(op: Op, args: list[str], attr: dict[str, str]) -> str:
     a = op.attrs
     x = args[0]
     if op.kind == "layer":
+        if op.group is not None and op.group.kind == "tensor":
+            return _parameter(op, x, f"self.{attr[op.out]}")
         rnn = op.group is not None and op.group.kind in ("lstm", "gru")
         return f"self.{attr[op.out]}({x}){'[0]' if rnn else ''}"  # an RNN returns (sequence, state)
     if op.kind == "slice":
@@ -155,7 +162,46 @@ def _expression(op: Op, args: list[str], attr: dict[str, str]) -> str:
         return f"{x}.reshape(-1, {', '.join(str(d) for d in a['shape'])})"
     if op.kind == "transpose":
         return f"{x}.permute({', '.join(str(d) for d in a['perm'])})"
+    if op.kind == "attention":
+        scale = "" if a["scale"] is None else f", scale={literal(a['scale'])}"
+        return f"attention({', '.join(args)}, heads={a['heads']}{scale})"
+    if op.kind == "gelu":
+        return f"F.gelu({x})" if a["approximate"] == "none" else f'F.gelu({x}, approximate="tanh")'
+    if op.kind == "fill_like":
+        return f"torch.ones_like({x})" if a["value"] == 1 else f"torch.full_like({x}, {literal(a['value'])})"
+    if op.kind == "cumsum":
+        return f"torch.cumsum({x}, dim={a['axis']})"
+    packing = torch_expression(op, args)  # a masked Keras RNN's packed sequence
+    if packing is not None:
+        return packing
     raise AssertionError(f"no torch rendering for op {op.kind!r}")
+
+
+def _parameter(op: Op, x: str, param: str) -> str:
+    """A learned tensor's use: broadcast over the batch of ``x``, or combined with ``x``."""
+    how = op.attrs["op"]
+    if how == "expand":
+        rank = op.group.tensors["value"].ndim  # type: ignore[union-attr]
+        return f"{param}.expand({x}.shape[0], {', '.join(['-1'] * (rank - 1))})"
+    pair = (param, x) if op.attrs["param_first"] else (x, param)
+    return f"{pair[0]} {_INFIX[how]} {pair[1]}"
+
+
+ATTENTION = '''def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    *,
+    heads: int,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Scaled dot-product attention of (batch, length, features) q, k, v split into ``heads`` heads;
+    ``mask`` is added to the scores."""
+    q, k, v = (t.unflatten(-1, (heads, -1)).transpose(1, 2) for t in (q, k, v))
+    x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    return x.transpose(1, 2).flatten(2)
+'''.splitlines()
 
 
 def render(program: Program, header: str) -> str:
@@ -167,16 +213,18 @@ def render(program: Program, header: str) -> str:
     attr = {op.out: unique(identifier(op.name)) for op in program.layers()}
     cls = class_name(program.model)
     init = [call_line(f"self.{attr[op.out]} = ", _module(op), "", indent=8) for op in program.layers()]
-    forward = [call_line(f"{names[op.out]} = ", _expression(op, [names[a] for a in op.args], attr), "", indent=8)
+    forward = [assign_line(f"{names[op.out]} = ", _expression(op, [names[a] for a in op.args], attr), indent=8)
                for op in program.ops]
     outs = [names[v] for v, _ in program.outputs]
     forward.append(f"return {outs[0]}" if len(outs) == 1 else f"return {', '.join(outs)}")
     params = ", ".join(f"{names[i.var]}: torch.Tensor" for i in program.inputs)
     returns = "torch.Tensor" if len(outs) == 1 else f"tuple[{', '.join(['torch.Tensor'] * len(outs))}]"
     signature = f"    def forward(self, {params}) -> {returns}:"
-    uses_f = any(line.find("F.") >= 0 for line in [*init, *forward])
+    helpers = ATTENTION if any(op.kind == "attention" for op in program.ops) else []
+    uses_f = any(line.find("F.") >= 0 for line in [*init, *forward, *helpers])
     lines = [header, "", "import torch", *(["import torch.nn.functional as F"] if uses_f else []),
              "from torch import nn", "", "",
+             *helpers, *(["", ""] if helpers else []),
              f"class {cls}(nn.Module):",
              f'    """The PyTorch twin of {program.model} (channels-first)."""', "",
              "    def __init__(self) -> None:", "        super().__init__()",

@@ -18,6 +18,7 @@ from parity.cli.common import (
     positive_int,
     seed,
 )
+from parity.cli.convert_checkpoint import add_checkpoint_arguments, convert_checkpoint_args
 from parity.cli.user_models import add_user_model_arguments
 from parity.errors import UsageError
 
@@ -58,6 +59,10 @@ def add_command(sub: Any) -> None:
                             "the file. --input NAME:SHAPE:DTYPE:NCHW marks an image input (default: every float "
                             "input of rank 4)")
     cmd.add_argument("--name", default="", help="your model's name in the generated code (default: its class's)")
+    add_checkpoint_arguments(cmd)
+    cmd.add_argument("--fold-batchnorm", action="store_true",
+                     help="write the serving twin: each BatchNorm folded into the convolution before it (inference-"
+                          "only: for serving, not training; refuses --layers, --grads and --train-steps)")
     cmd.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     cmd.set_defaults(handler=cmd_convert)
 
@@ -88,8 +93,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
         raise UsageError(f"--to {args.target}: the source is a {source} model, so the twin is {OTHER[source]}; "
                          f"use --to {OTHER[source]}")
     options = dict(layers=args.layers, grads=args.grads, train_steps=args.train_steps, batch=args.batch,
-                   seed=args.seed, overwrite=args.overwrite, progress=_progress(args.quiet))
-    if user:
+                   seed=args.seed, overwrite=args.overwrite, progress=_progress(args.quiet),
+                   fold_batchnorm=args.fold_batchnorm)
+    if args.checkpoint is not None or args.text or args.text_file:
+        result = convert_checkpoint_args(args, source, options)
+    elif user:
         result = convert_models(_load(args), _inputs(args), args.out, name=args.name,
                                 input_layouts={n: lay for n, _, _, lay in args.input_specs if lay}, **options)
     else:
@@ -99,9 +107,31 @@ def cmd_convert(args: argparse.Namespace) -> int:
     lines = [f"parity convert {result.result.model}: {source} -> {OTHER[source]}, wrote {Path(args.out) / 'model.py'}"]
     lines += [f"  {c.a:<10} {c.b:<6} {c.output:<10} max_abs {c.max_abs:.2e} <= atol {c.atol:.2e}: "
               f"{'ok' if c else 'FAILED'}" for c in result.result.comparisons]
-    lines.append("PASSED" if result.passed else "FAILED")
+    lines += [f"  {note}" for note in result.result.notes if note.startswith("inference-only: BatchNorm folded")]
+    lines += diagnostic_lines(result.result)
+    lines.append("PASSED" if result.passed else "FAILED" if not all(result.result.comparisons) else
+                 "FAILED: the outputs agree; a requested diagnostic does not (see above)")
     print("\n".join(lines))
     return EXIT_OK if result.passed else EXIT_MISMATCH
+
+
+def diagnostic_lines(result: Any) -> list[str]:
+    """One line per requested diagnostic: its verdict, or why it was not run (``parity check``'s reason)."""
+    from parity.diagnostics import NotCompared
+
+    lines = []
+    if result.layers is not None:
+        first = result.layers.first_divergence
+        lines.append(f"  layers: {'ok' if result.layers.passed else f'FAILED, first divergence at {first}'}")
+    for what in ("gradients", "training"):
+        part = getattr(result, what)
+        if isinstance(part, NotCompared):
+            lines.append(f"  {part.format()}")
+        elif part is not None:
+            first = getattr(part, "first_divergence", None)
+            lines.append(f"  {what}: {'ok' if part.passed else 'FAILED'}"
+                         + (f", first divergent parameter {first}" if first and not part.passed else ""))
+    return lines
 
 
 def _cmd_onnx(args: argparse.Namespace, convert_onnx: Any) -> int:
@@ -111,6 +141,9 @@ def _cmd_onnx(args: argparse.Namespace, convert_onnx: Any) -> int:
 
     if args.model or args.torch or args.keras:
         raise UsageError("--onnx converts the file alone: leave out MODEL, --torch and --keras")
+    if args.fold_batchnorm:
+        raise UsageError("--fold-batchnorm needs a source model to check the serving twin against: give a zoo MODEL "
+                         "or --torch/--keras, not --onnx")
     if args.target is None:
         raise UsageError("--onnx needs --to tf or --to torch: the framework of the generated twin")
     spatial = {n for n, _, _, lay in args.input_specs if lay in ("NCHW", "NCL")} if args.input_specs else None

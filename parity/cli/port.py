@@ -58,6 +58,9 @@ def add_command(sub: Any) -> None:
     port.add_argument("--lossless", action="store_true",
                       help="keep BatchNorm statistics exact (torch exporters; tf2onnx always folds them)")
     port.add_argument("--strict", action="store_true", help="semantic-defaults mismatches are errors")
+    port.add_argument("--fold-batchnorm", action="store_true",
+                      help="also write a serving copy beside the ported model (serving.keras / serving.safetensors): "
+                           "each BatchNorm folded into the convolution before it; inference-only, not for training")
     add_user_model_arguments(port)
     port.set_defaults(handler=run_port)
 
@@ -132,6 +135,7 @@ def _port_zoo(args: argparse.Namespace, target_fw: str) -> int:
                                       exporter=args.exporter or spec.torch_exporter, input_names=spec.input_names,
                                       output_names=spec.output_names)
     _print_summary(report, f"the {target_fw} twin of {spec.name}", weights, out)
+    _serving_copy(args, target, target_fw, out, target_inputs)
     return 0
 
 
@@ -178,7 +182,19 @@ def _port_own(args: argparse.Namespace, target_fw: str) -> int:
         notes = list(described.notes)  # how the inputs were paired and laid out
     name = args.torch if target_fw == "torch" else args.keras
     _print_summary(report, f"the {'torch' if target_fw == 'torch' else 'Keras'} model {name}", weights, out, notes)
+    _serving_copy(args, target, target_fw, out, target_inputs)
     return 0
+
+
+def _serving_copy(args: argparse.Namespace, target: Any, target_fw: str, out: Path, inputs: list[Any] | None) -> None:
+    """--fold-batchnorm: the ported model's folded copy beside it (``parity.serving.write_serving_copy``)."""
+    if not args.fold_batchnorm:
+        return
+    from parity.serving import SERVING_NOTE, write_serving_copy
+
+    path, folded, gap = write_serving_copy(target, target_fw, out, inputs)
+    measured = f"; max |serving - ported| {gap:.2e} on the example inputs" if gap is not None else ""
+    print(f"wrote {path}: {folded} BatchNorms folded ({SERVING_NOTE}){measured}")
 
 
 def _port_and_write(args: argparse.Namespace, source: Any, target: Any, target_fw: str, source_inputs: list[Any],

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from converters.targets import Fetch, TargetLayer, fetch_from, target_layers, value_of
+from parity.diagnostics.attention_slots import twin_attention
 from parity.errors import UsageError
 
 SIDES = ("torch", "tf")
@@ -68,6 +69,7 @@ def read_slots(slots: Sequence[Slot], side: str, source: Mapping[int, np.ndarray
 def pair_layers(t_layers: Sequence[TargetLayer], k_layers: Sequence[TargetLayer]) -> list[tuple[TargetLayer, TargetLayer]]:
     """Torch and Keras layers paired by name (zoo twins share names), the rest in order by kind and
     canonical shapes, as the port matches them; in torch's forward order."""
+    t_layers, k_layers = twin_attention(list(t_layers), list(k_layers))  # MultiHeadAttention vs four Linears
     k_by_name = {k.name: k for k in k_layers}
     pairs: list[tuple[TargetLayer, TargetLayer]] = []
     left_t, used_k = [], set()

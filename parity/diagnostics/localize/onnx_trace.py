@@ -113,6 +113,8 @@ def port_tensors(model: Any, layers: Sequence[LayerPort]) -> dict[str, tuple[Ort
         if not names:
             continue
         last = nodes[max(position[n] for n in names)]
+        if layer.kind == "tensor" and last.op_type in ("Expand", "Tile"):
+            continue  # a learned tensor broadcast over the batch (a class token) is not yet the layer's output
         key = tuple(sorted(names))
         if key in owner:
             found.pop(owner[key], None)

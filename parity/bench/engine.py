@@ -19,7 +19,7 @@ import contextlib
 import importlib
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -60,9 +60,12 @@ class Bench:
     ``case``, ``cell`` and ``run`` are what the case modules build from (``CaseHost``).
     """
 
-    def __init__(self, spec: Any, config: BenchConfig):
+    def __init__(self, spec: Any, config: BenchConfig, generated: Sequence[Any] = ()):
         config.validate()
         self.spec, self.config = spec, config
+        # generated twins (parity.bench.generated) timed in turn with the hand-written twin of their framework
+        self.generated = tuple(generated)
+        self.generated_hosts: dict[str, Any] = {}  # the generated twins' case hosts by framework, kept across batches
         self.runtimes = select_runtimes(config.runtimes, config.train)
         self.threads = config.threads or default_threads()
         self.models: dict[str, Any] = {}
@@ -236,7 +239,7 @@ class Bench:
                 return Cell(runtime, task, batch, "skipped", reason=str(exc), device=self.device)
             except Exception as exc:
                 return Cell(runtime, task, batch, "failed", reason=_describe(exc), device=self.device)
-            return self._ok_cell(case, m)
+            return self.ok_cell(case, m)
         # Compilers, exporters and providers raise anything (inductor, XLA, TensorRT): the
         # contract is a cell with the reason, not a crash that loses every other measurement.
         try:
@@ -252,7 +255,17 @@ class Bench:
         except Exception as exc:
             return Cell(runtime, task, batch, "failed", reason=_describe(exc), device=case.device,
                         settings=case.settings)
-        return self._ok_cell(case, m)
+        return self.ok_cell(case, m)
+
+    def cells_at(self, runtime: str, batch: int) -> list[Cell]:
+        """``[cell(runtime, batch)]``, or both twins timed in turn when a generated twin is of ``runtime``'s framework."""
+        if self.generated:
+            from parity.bench.generated import paired_cells
+
+            pair = paired_cells(self, runtime, batch)
+            if pair is not None:
+                return pair
+        return [self.cell(runtime, batch)]
 
     def run(self, progress: Progress | None = None) -> BenchResult:
         """Every selected runtime at every batch size, plus FLOPs, the peak probe and the environment."""
@@ -265,9 +278,9 @@ class Bench:
         for runtime in self.runtimes:
             for batch in self.config.batches:
                 say(f"{self.spec.name} {self.config.task} {runtime} batch={batch} ...")
-                cell = self.cell(runtime, batch)
-                cells.append(cell)
-                say(_progress_line(cell))
+                for cell in self.cells_at(runtime, batch):
+                    cells.append(cell)
+                    say(_progress_line(cell))
         if self.config.memory == "subprocess" and self.device == "cpu":
             from parity.bench.memory_probe import with_subprocess_memory
 
@@ -275,7 +288,8 @@ class Bench:
         return BenchResult(
             model=self.spec.name, preset=self.spec.preset, task=self.config.task,
             config={**self.config.to_dict(), "runtimes": list(self.runtimes), "threads": self.threads,
-                    "device_resolved": self.device, "settings": self.settings},
+                    "device_resolved": self.device, "settings": self.settings,
+                    **({"generated": [t.to_dict() for t in self.generated]} if self.generated else {})},
             environment=self.environment(), cells=tuple(cells), flops=flops, peak=peak,
             load_average_1min={"start": load_start, "end": load_average()},
         )
@@ -316,7 +330,8 @@ class Bench:
         self._peak_gflops = probe.gflops
         return probe.to_dict()
 
-    def _ok_cell(self, case: Case, m: Measurement) -> Cell:
+    def ok_cell(self, case: Case, m: Measurement) -> Cell:
+        """The measured cell of ``case``: statistics, throughput, FLOP rate, memory and kept samples."""
         forward = self.flops(case.batch)
         flops = forward * TRAINING_FLOPS_FACTOR if forward and self.config.train else forward
         achieved = flops / m.stats.median_s / 1e9 if flops and m.stats.median_s > 0 else None
@@ -352,9 +367,10 @@ def _progress_line(cell: Cell) -> str:
     return f"  {cell.runtime} batch={cell.batch}: {cell.status}: {cell.reason}"
 
 
-def run_benchmark(spec: Any, config: BenchConfig, progress: Progress | None = None) -> BenchResult:
-    """Convenience: ``Bench(spec, config).run(progress)`` with cleanup."""
-    with Bench(spec, config) as bench:
+def run_benchmark(spec: Any, config: BenchConfig, progress: Progress | None = None,
+                  generated: Sequence[Any] = ()) -> BenchResult:
+    """Convenience: ``Bench(spec, config, generated).run(progress)`` with cleanup."""
+    with Bench(spec, config, generated) as bench:
         return bench.run(progress)
 
 

@@ -326,5 +326,17 @@ def format_flops(flops: float) -> str:
     return f"{flops:.0f} FLOP"
 
 
-__all__: Sequence[str] = ["COUNTED_OPS", "FlopCount", "PeakProbe", "achieved_gflops", "count_flops",
+def format_flops_table(source: str, counts: Sequence[Any]) -> str:
+    """The table `parity flops` prints: per batch size, the total and the count by operator kind."""
+    lines = [f"forward FLOPs of {source} (2 FLOPs per multiply-add; Conv, ConvTranspose, Gemm, MatMul, "
+             "Einsum, LSTM/GRU/RNN)"]
+    for c in counts:
+        ops = ", ".join(f"{op} {format_flops(v)}" for op, v in sorted(c.by_op.items()))
+        lines.append(f"  batch {c.batch}: {format_flops(c.total)} ({c.total:,} FLOP; {c.counted_nodes} nodes: {ops})")
+        if c.unresolved:
+            lines.append(f"    not counted, shapes unknown: {', '.join(c.unresolved)}")
+    return "\n".join(lines)
+
+
+__all__: Sequence[str] = ["COUNTED_OPS", "FlopCount", "PeakProbe", "achieved_gflops", "count_flops", "format_flops_table",
                           "export_for_bench", "export_spec", "format_flops", "fraction_of_peak", "matmul_peak"]

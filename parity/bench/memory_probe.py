@@ -32,7 +32,9 @@ def with_subprocess_memory(spec: Any, config: BenchConfig, cells: Sequence[Cell]
                            say: Callable[[str], None] | None = None, timeout_s: float = 600) -> list[Cell]:
     """``cells`` with each measured CPU cell's memory replaced by its runtime's fresh-process figure."""
     out = list(cells)
-    for runtime in dict.fromkeys(c.runtime for c in cells if c.measured and c.device == "cpu"):
+    # a generated twin (parity.bench.generated) is not rebuilt in a child: its cells keep the bench process's RSS
+    for runtime in dict.fromkeys(c.runtime for c in cells if c.measured and c.device == "cpu"
+                                 and "generated" not in c.settings):
         batches = sorted({c.batch for c in cells if c.runtime == runtime and c.measured})
         if say:
             say(f"memory of {runtime} in a fresh process (batch {', '.join(map(str, batches))}) ...")

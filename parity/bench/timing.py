@@ -85,6 +85,46 @@ def measure(fn: Callable[[], Any], sync: Callable[[], Any] | None = None, *, bud
                        samples=tuple(samples))
 
 
+def measure_alternating(calls: Sequence[tuple[Callable[[], Any], Callable[[], Any] | None]], *,
+                        budget_s: float = 1.0, min_runs: int = 10, warmup: int = 3, warmup_s: float = 0.0,
+                        clock: Clock = time.perf_counter) -> list[Measurement]:
+    """Time several ``(fn, sync)`` calls in turn, one timed call of each per round, as ``measure`` times one.
+
+    Each first call is timed on its own and each call is warmed up as ``measure`` does; then rounds
+    run, the order rotating by one each round (A B, B A, ...) so that neither always follows the
+    other, until every call has ``min_runs`` samples and the rounds took ``budget_s`` per call. A
+    load that comes and goes then falls on all of them alike, which is what a ratio of their
+    medians needs. ``loop_s`` of each measurement is the wall time of all the rounds.
+    """
+    _check_measure_args(budget_s, min_runs, warmup, warmup_s, None)
+    if not calls:
+        raise ValueError("no calls to time")
+    pairs = [(fn, sync or noop) for fn, sync in calls]
+    firsts = []
+    for fn, sync in pairs:
+        t0 = clock()
+        fn()
+        sync()
+        firsts.append(clock() - t0)
+    warmed = [_warm_up(fn, sync, warmup, warmup_s, clock) for fn, sync in pairs]
+    samples: list[list[float]] = [[] for _ in pairs]
+    n, start, rounds = len(pairs), clock(), 0
+    while True:
+        for k in range(n):
+            i = (rounds + k) % n
+            fn, sync = pairs[i]
+            t0 = clock()
+            fn()
+            sync()
+            samples[i].append(clock() - t0)
+        rounds += 1
+        if rounds >= min_runs and clock() - start >= budget_s * n:
+            break
+    loop = clock() - start
+    return [Measurement(first_call_s=firsts[i], warmup_runs=warmed[i], stats=Stats.of(samples[i]), loop_s=loop,
+                        samples=tuple(samples[i])) for i in range(n)]
+
+
 def _check_measure_args(budget_s: float, min_runs: int, warmup: int, warmup_s: float, max_runs: int | None) -> None:
     if budget_s < 0 or warmup_s < 0:
         raise ValueError(f"budgets must be >= 0 seconds, got budget_s={budget_s}, warmup_s={warmup_s}")

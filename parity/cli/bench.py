@@ -81,6 +81,9 @@ def _add_bench(subparsers: Any) -> None:
     p.add_argument("--onnx", type=Path, metavar="FILE",
                    help="time this ONNX file in ONNX Runtime (instead of an export of the models); its inputs are "
                         "its declared shapes (--input NAME:SHAPE fixes dynamic dimensions)")
+    p.add_argument("--generated", type=Path, action="append", metavar="DIR",
+                   help="also time the twin `parity convert MODEL` wrote in DIR, in turn with the hand-written twin of "
+                        "its framework (importing DIR/model.py runs its code); repeatable, one per framework")
     p.set_defaults(handler=run_bench)
 
 
@@ -186,8 +189,10 @@ def run_bench(args: argparse.Namespace) -> int:
             args.onnx, args.model = Path(args.model), None
         spec = given_spec_from_args(args, config.batches)
     from parity.bench.engine import run_benchmark
+    from parity.bench.generated import generated_twins
 
-    result = run_benchmark(spec, config, progress=None if args.quiet else _progress)
+    twins = generated_twins(getattr(args, "generated", None), spec, config)  # refused before any timing
+    result = run_benchmark(spec, config, progress=None if args.quiet else _progress, generated=twins)
     data = result.to_dict()
     print(format_table(data))
     from parity.report.decision_text import format_decision
@@ -227,6 +232,8 @@ def run_flops(args: argparse.Namespace) -> int:
     else:
         spec = _spec(args.model, args.preset)
         source, counts = f"{spec.name} ({spec.preset})", _count_spec(spec, batches)
+    from parity.bench.flops import format_flops_table
+
     print(format_flops_table(source, counts))
     return 0
 
@@ -356,19 +363,6 @@ def _num(value: float | None) -> str:
 
 def _pct(fraction: float | None) -> str:
     return "-" if fraction is None else f"{fraction * 100:.3g}%"
-
-
-def format_flops_table(source: str, counts: Sequence[Any]) -> str:
-    from parity.bench.flops import format_flops
-
-    lines = [f"forward FLOPs of {source} (2 FLOPs per multiply-add; Conv, ConvTranspose, Gemm, MatMul, "
-             "Einsum, LSTM/GRU/RNN)"]
-    for c in counts:
-        ops = ", ".join(f"{op} {format_flops(v)}" for op, v in sorted(c.by_op.items()))
-        lines.append(f"  batch {c.batch}: {format_flops(c.total)} ({c.total:,} FLOP; {c.counted_nodes} nodes: {ops})")
-        if c.unresolved:
-            lines.append(f"    not counted, shapes unknown: {', '.join(c.unresolved)}")
-    return "\n".join(lines)
 
 
 def _progress(message: str) -> None:

@@ -38,7 +38,8 @@ def decide(result: Mapping[str, Any], check: Mapping[str, Any] | None = None, *,
     missing = _not_measured(cells)
     summary: dict[str, Any] = {"device": device, "task": task, "method": METHOD, "confidence": CONFIDENCE,
                                "groups": groups, "not_measured": missing,
-                               "parity_source": _parity_source(check), "host_load": _host_load(result)}
+                               "parity_source": _parity_source(check), "host_load": _host_load(result),
+                               "generated": generated_ratios(cells, seed=seed)}
     summary["sentences"] = sentences(summary, result)
     return summary
 
@@ -150,6 +151,47 @@ def _not_measured(cells: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return list(out.values())
 
 
+# ---------------------------------------------------------------- generated twin vs hand-written twin
+
+GENERATED_SUFFIX = " (generated)"  # the label parity.bench.generated gives a generated twin's cells
+
+
+def generated_ratios(cells: Sequence[Mapping[str, Any]], *, seed: int = 0) -> list[dict[str, Any]]:
+    """Per generated cell (``'<runtime> (generated)'``): its median / the hand-written ``<runtime>``'s at the
+    same batch, with the 95% interval of that ratio. Cells timed in turn (``parity.bench.generated``) are
+    resampled by round, both cells with the same rounds; others independently, as ``_versus`` does."""
+    ok = {(c["runtime"], int(c["batch"])): c for c in cells if c.get("status") == "ok" and c.get("stats")}
+    out = []
+    for c in sorted((c for c in cells if c["runtime"].endswith(GENERATED_SUFFIX)),
+                    key=lambda c: (int(c["batch"]), c["runtime"])):
+        runtime, batch = c["runtime"][: -len(GENERATED_SUFFIX)], int(c["batch"])
+        row: dict[str, Any] = {"runtime": runtime, "batch": batch, "folder": (c.get("settings") or {}).get("generated"),
+                               "ratio": None, "interval": None, "interval_source": None}
+        gen, hand = ok.get((c["runtime"], batch)), ok.get((runtime, batch))
+        if gen is None or hand is None:
+            row["not_measured"] = c["runtime"] if gen is None else runtime
+            out.append(row)
+            continue
+        g_med, h_med = gen["stats"]["median_s"], hand["stats"]["median_s"]
+        rng = np.random.default_rng(seed)
+        alternated = (gen.get("settings") or {}).get("alternated_with") == runtime
+        g_s, h_s = (np.asarray(c.get("samples_s") or [], dtype=np.float64) for c in (gen, hand))
+        half = (1 - CONFIDENCE) / 2 * 100
+        if alternated and g_s.size == h_s.size >= 2:  # sample k of each was timed in the same round
+            idx = rng.integers(0, g_s.size, size=(RESAMPLES, g_s.size))  # rounds resampled: the load they shared stays paired
+            ratios = np.median(g_s[idx], axis=1) / np.median(h_s[idx], axis=1)
+            interval, source = [float(v) for v in np.percentile(ratios, [half, 100 - half])], "paired bootstrap"
+        elif (gb := _boot_medians(gen, rng)) is not None and (hb := _boot_medians(hand, rng)) is not None:
+            interval, source = [float(v) for v in np.percentile(gb / hb, [half, 100 - half])], "bootstrap"
+        else:  # no samples saved: the cells' [min, p90] ranges
+            (g_lo, g_hi), (h_lo, h_hi) = _range(gen), _range(hand)
+            interval, source = [g_lo / h_hi, g_hi / h_lo], "min-p90 range"
+        row.update(ratio=g_med / h_med if h_med > 0 else None, interval=interval, interval_source=source,
+                   generated_median_s=g_med, hand_written_median_s=h_med, alternated=alternated)
+        out.append(row)
+    return out
+
+
 # ---------------------------------------------------------------- parity between two runtimes
 
 # Which check runtime stands for a bench runtime: the bench runs ONNX Runtime on the torch export.
@@ -205,4 +247,4 @@ def _parity_source(check: Mapping[str, Any] | None) -> str | None:
     return f"parity check {check.get('model')} ({check.get('preset')}), {check.get('source')} -> {check.get('target')}"
 
 
-__all__ = ["CONFIDENCE", "METHOD", "RESAMPLES", "decide", "parity_between"]
+__all__ = ["CONFIDENCE", "GENERATED_SUFFIX", "METHOD", "RESAMPLES", "decide", "generated_ratios", "parity_between"]

@@ -13,6 +13,7 @@ def sentences(summary: Mapping[str, Any], result: Mapping[str, Any]) -> list[str
     where = f"{result.get('model', '?')} {summary['task']} on {summary['device']}"
     pct = f"{summary['confidence']:.0%}"
     out = [_batch_sentence(g, pct) for g in summary["groups"]]
+    out += [_generated_sentence(row, pct) for row in summary.get("generated", [])]
     out.append(_overall(where, summary["groups"]))
     out.append(_memory_sentence(summary["groups"]))
     out.append(_parity_sentence(summary))
@@ -42,6 +43,15 @@ def _batch_sentence(group: Mapping[str, Any], pct: str) -> str:
     if len(others) > 1:
         text += f" and {_x(others[-1]['speedup'])} faster than {others[-1]['runtime']}"
     return text + "; " + _first_call(group["fastest"], runner) + "."
+
+
+def _generated_sentence(row: Mapping[str, Any], pct: str) -> str:
+    """One generated twin against the hand-written twin at one batch and runtime (``decision.generated_ratios``)."""
+    head = f"batch {row['batch']}, {row['runtime']}: generated / hand-written latency: "
+    if row["ratio"] is None:
+        return head + f"not compared ({row.get('not_measured')} was not measured)."
+    low, high = row["interval"]
+    return head + f"{row['ratio']:.2f} ({pct} interval {low:.2f}-{high:.2f})."
 
 
 def _first_call(fastest: str, runner: Mapping[str, Any]) -> str:

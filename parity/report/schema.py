@@ -72,9 +72,16 @@ _VERSUS = _obj({"runtime": {"type": "string"}, "speedup": _OPT_NUM, "tied": {"ty
 _GROUP = _obj({"batch": {"type": "integer"}, "fastest": {"type": ["string", "null"]},
                "winner": {"type": ["string", "null"]}, "tied_with": _STR_LIST,
                "others": {"type": "array", "items": _VERSUS}, "memory": {"type": "object"}})
+# `parity bench MODEL --generated DIR`: a generated twin's median over the hand-written twin's, per batch and runtime
+_GENERATED = _obj({"runtime": {"type": "string"}, "batch": {"type": "integer", "minimum": 1}, "ratio": _OPT_NUM,
+                   "interval": {"oneOf": [{"type": "null"}, {"type": "array", "items": {"type": "number"},
+                                                             "minItems": 2, "maxItems": 2}]}},
+                  {"folder": {"type": ["string", "null"]}, "interval_source": {"type": ["string", "null"]},
+                   "generated_median_s": {"type": "number"}, "hand_written_median_s": {"type": "number"},
+                   "alternated": {"type": "boolean"}, "not_measured": {"type": "string"}})
 _DECISION = _obj({"device": {"type": "string"}, "task": {"type": "string"}, "method": {"type": "string"},
                   "groups": {"type": "array", "items": _GROUP}, "not_measured": {"type": "array"},
-                  "sentences": _STR_LIST})
+                  "sentences": _STR_LIST}, {"generated": {"type": "array", "items": _GENERATED}})
 
 BENCH_SCHEMA: dict[str, Any] = {
     "$schema": _DRAFT, "$id": "parity-bench-result", "title": "parity bench --json",

@@ -25,6 +25,10 @@ from parity.errors import UsageError
 CONVERT_EPILOG = """examples:
   parity convert resnet18 --from torch --to tf --out twin/
   parity convert --torch examples/own_models.py:torch_model --input x:3x8x8:float32:NCHW --to tf --out twin/
+  parity convert bert --from tf --to torch --out twin/ --layers --grads --train-steps 3
+  parity convert --onnx model.onnx --to torch --out twin/
+  parity convert resnet18 --fold-batchnorm --out serve/          (a serving twin: inference only)
+  parity convert bert --checkpoint minilm/ --text-file examples/sentences.txt --to tf --out twin/
 
 """
 

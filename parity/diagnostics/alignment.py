@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from parity.diagnostics.noise_elements import noise_elements
 from parity.diagnostics.rows import layer_scales
 from parity.diagnostics.slots import Slot, read_slots
 from parity.diagnostics.steps import keras_step, torch_step, torch_step_float64, training_mode
@@ -120,6 +121,7 @@ class FirstStep:
 
     frozen: list[Slot]
     rounding: dict[str, float] = field(default_factory=dict)
+    noise: dict[str, np.ndarray] = field(default_factory=dict)  # see parity.diagnostics.noise_elements
 
 
 def first_step(spec: Any, torch_model: Any, keras_model: Any, slots: Sequence[Slot], inputs: dict[str, np.ndarray],
@@ -143,4 +145,6 @@ def first_step(spec: Any, torch_model: Any, keras_model: Any, slots: Sequence[Sl
         if t.size and t_scale[s.layer] > 0:
             err = float(np.max(np.abs(t.astype(np.float64) - x))) / t_scale[s.layer]
             rounding[s.layer] = max(rounding.get(s.layer, 0.0), err)
-    return FirstStep(frozen, rounding)
+    live = [i for i, s in enumerate(trainable) if not any(s is f for f in frozen)]
+    noise = noise_elements(*([arrays[i] for i in live] for arrays in (trainable, t_vals, k_vals, exact)), NOISE_GRADIENT)
+    return FirstStep(frozen, rounding, noise)

@@ -36,7 +36,11 @@ Hyperparameters are aligned explicitly, and the report says how:
 - Parameters whose gradient is zero in exact arithmetic (under 1e-5 of their layer's
   largest gradient in both frameworks: a bias just before a training-mode BatchNorm, an
   attention key bias) are frozen in both twins: their gradient is rounding noise, which
-  Adam would normalise into full-size steps in directions no two frameworks share.
+  Adam would normalise into full-size steps in directions no two frameworks share. So are
+  single elements of a live parameter whose gradient is zero in exact arithmetic (the torch
+  twin's first step in float64) and noise in float32 (``parity.diagnostics.noise_elements``):
+  resnet50's bn1.beta channels 1, 2, 4 and 6, whose opposite first steps otherwise moved
+  other layers' later gradients 85-97x beyond the rounding the Adam allowance is built for.
 
 Default hyperparameters: SGD lr 1e-3, momentum 0.9; Adam lr 1e-4, betas (0.9, 0.999),
 eps 1e-8. Small enough that 5 steps stay out of the chaotic regime in which rounding
@@ -97,6 +101,7 @@ from parity.diagnostics.alignment import (
 from parity.diagnostics.batch import MIN_VALUES_PER_CHANNEL, BatchChoice, choose_batch
 from parity.diagnostics.device import Placement, as_placement, keras_placed, torch_placed
 from parity.diagnostics.frozen import FROZEN_BN_NOTE, frozen_batchnorms, frozen_parts, mark_frozen
+from parity.diagnostics.noise_elements import native_masks
 from parity.diagnostics.optimizers import (
     DEFAULT_EPSILON,
     GAP_OVER_ROUNDING,
@@ -158,6 +163,13 @@ def _train(spec: Any, torch_model: Any, keras_model: Any, steps: int, configs: S
             f"arithmetic (under {NOISE_GRADIENT:g} of their layer's largest gradient in both frameworks: a bias "
             "just before a training-mode BatchNorm, an attention key bias), i.e. pure rounding noise, which Adam "
             "would normalise into full-size steps that no two frameworks take alike")
+    held = _held_elements(slots, first)
+    if held:
+        report.alignments.append(
+            "frozen in both twins, element by element: " + ", ".join(f"{s.name}{_where(m)}" for s, m, _ in held)
+            + f": their gradients are zero in exact arithmetic (under 1e-9 of their layer's largest in float64, under "
+            f"{NOISE_GRADIENT:g} in both frameworks), i.e. rounding noise, which Adam would turn into full-size steps "
+            "in opposite directions (see parity.diagnostics.noise_elements)")
     if choice.reason:
         report.notes.append(f"batch {used} instead of {batch}: {choice.reason}")
     if frozen_batchnorms(torch_model):
@@ -210,6 +222,18 @@ def _run(spec: Any, torch_model: Any, keras_model: Any, cfg: OptimizerConfig, ba
     if cfg.name == "adam" and not strict:  # see AdamAllowance
         adam = AdamAllowance(cfg, [s.layer for s in live], first.rounding, reference)
     history, hooks = variance_recorder(torch_model)
+    import torch
+
+    held = _held_elements(live, first)
+    keras_keep: dict[int, np.ndarray] = {}
+    for _slot, _mask, (t_keep, k_keep) in held:
+        for p in params:
+            if id(p) in t_keep:
+                base_mask = masks.get(id(p))
+                extra = torch.from_numpy(t_keep[id(p)]).to(p.dtype)
+                masks[id(p)] = extra if base_mask is None else base_mask * extra
+        for key, keep in k_keep.items():  # a variable behind two slots: both slots' elements held
+            keras_keep[key] = keep * keras_keep.get(key, 1.0)
     hooks += [p.register_hook(lambda g, keep=keep: g * keep.to(g.device))  # type: ignore[misc]
               for p in torch_model.parameters() if (keep := masks.get(id(p))) is not None]
     steps: list[LossStep] = []
@@ -217,7 +241,8 @@ def _run(spec: Any, torch_model: Any, keras_model: Any, cfg: OptimizerConfig, ba
         for t, (inputs, objective) in enumerate(zip(batches, losses, strict=True), start=1):
             t_loss, t_grads = torch_step(torch_model, list(spec.inputs_for("torch", inputs).values()), objective)
             k_loss, k_grads, raw = keras_step(keras_model, list(spec.inputs_for("tf", inputs).values()), objective)
-            opt.step(t, [densify(raw[i]) for i in moving])
+            opt.step(t, [densify(raw[i]) * keras_keep[id(variables[i])] if id(variables[i]) in keras_keep
+                         else densify(raw[i]) for i in moving])
             if adam is not None:  # the reference's own gradients, never the other twin's
                 ref = read_slots(live, reference, t_grads if reference == "torch" else k_grads, "grad")
                 adam.step(ref, layer_scales(list(zip(live, ref, strict=True))))
@@ -234,6 +259,9 @@ def _run(spec: Any, torch_model: Any, keras_model: Any, cfg: OptimizerConfig, ba
     ends_t, ends_k = read_slots(slots, "torch", end_t), read_slots(slots, "tf", end_k)
     starts = read_slots(slots, "torch", start_t)
     allowances = dict(zip(map(id, live), adam.totals(), strict=True)) if adam is not None else {}
+    for slot, mask, _ in held:  # held equal in both twins: no allowance
+        if id(slot) in allowances:
+            allowances[id(slot)] = np.where(mask, 0.0, allowances[id(slot)])
     for slot, tv, kv, t0 in zip(slots, ends_t, ends_k, starts, strict=True):
         if slot.kind == "batchnorm" and slot.role == "var":
             owner, name = slot.torch_layer.obj, slot.torch_layer.name
@@ -281,3 +309,21 @@ def _run(spec: Any, torch_model: Any, keras_model: Any, cfg: OptimizerConfig, ba
     if opt.keras_epsilons:
         run.optimizer["keras_epsilon_per_step"] = opt.keras_epsilons
     return run
+
+
+def _held_elements(slots: Sequence[Slot], first: FirstStep) -> list[tuple[Slot, np.ndarray, tuple[dict, dict]]]:
+    """The live slots with elements frozen one by one (``FirstStep.noise``): slot, canonical mask, and the
+    keep masks of its torch tensors and Keras variables (see ``parity.diagnostics.noise_elements``)."""
+    out = []
+    for slot in slots:
+        mask = first.noise.get(slot.name)
+        if mask is not None and (keep := native_masks(slot, mask)) is not None:
+            out.append((slot, mask, keep))
+    return out
+
+
+def _where(mask: np.ndarray) -> str:
+    """The frozen elements of a canonical mask: their indices (the first few) and how many of how many."""
+    idx = [tuple(int(i) for i in ix) for ix in np.argwhere(mask)]
+    shown = ", ".join(str(i[0]) if len(i) == 1 else str(list(i)) for i in idx[:6]) + (", ..." if len(idx) > 6 else "")
+    return f"[{shown}] ({len(idx)} of {mask.size})"

@@ -49,6 +49,17 @@ class Graph:
     unfolded: dict[str, str] = field(default_factory=dict)  # node -> why its constant inputs were not folded
     notes: list[str] = field(default_factory=list)  # e.g. shape inference that failed (shapes then unknown)
 
+    def index(self) -> Graph:
+        """Fill ``producers`` and ``consumers`` from ``nodes``; returns the graph."""
+        self.producers, self.consumers = {}, {}
+        for node in self.nodes:
+            for out in node.output:
+                self.producers[out] = node
+            for i in node.input:
+                if i:
+                    self.consumers.setdefault(i, []).append(node)
+        return self
+
     def producer(self, name: str) -> Any | None:
         return self.producers.get(name)
 
@@ -197,13 +208,7 @@ def fold(model: Any) -> Graph:
     graph = Graph(model=model, nodes=remaining, consts=consts, provenance=provenance,
                   initializers=[i.name for i in g.initializer], shapes=shapes, inputs=graph_inputs,
                   outputs=[o.name for o in g.output], unfolded=unfolded, notes=notes)
-    for node in remaining:
-        for out in node.output:
-            graph.producers[out] = node
-        for i in node.input:
-            if i:
-                graph.consumers.setdefault(i, []).append(node)
-    return graph
+    return graph.index()
 
 
 def _dims(vi: Any) -> tuple[int | None, ...] | None:

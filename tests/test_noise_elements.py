@@ -24,12 +24,12 @@ def test_only_exact_zeros_that_float32_turns_into_noise_are_picked() -> None:
     assert noise_elements([slot], [torch32], [keras32], [exact], 1e-5) == {}
 
 
-@pytest.fixture(scope="module")
-def cnn_pair() -> tuple[zoo.ModelSpec, object, object]:
+def _ported_pair(name: str) -> tuple[zoo.ModelSpec, object, object]:
+    """The zoo twins of ``name``: torch randomized (seed 0), ported losslessly into a Keras twin built with seed 1."""
     from converters.port import port_weights
     from zoo.weights import randomize
 
-    spec = zoo.get("cnn")
+    spec = zoo.get(name)
     tm = spec.build_torch(0)
     randomize(tm, "torch", 0)
     km = spec.build_keras(1)
@@ -37,6 +37,11 @@ def cnn_pair() -> tuple[zoo.ModelSpec, object, object]:
                  target_inputs=list(spec.inputs_for("tf", spec.example_inputs(2, 0)).values()), lossless=True,
                  exporter=spec.torch_exporter)
     return spec, tm, km
+
+
+@pytest.fixture(scope="module")
+def cnn_pair() -> tuple[zoo.ModelSpec, object, object]:
+    return _ported_pair("cnn")
 
 
 def test_a_held_element_keeps_its_value_in_both_twins(cnn_pair: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -81,16 +86,7 @@ def test_resnet50_bn1_channels_with_exactly_zero_gradients_are_held_and_adam_pas
     Trained, Adam stepped them +-lr in directions of the twins' own choosing and the sign of channel 6 moved
     layer4.0.downsample.0.weight[121, 73]'s next exact gradient by 1.1%, failing it (1 thread: the hand-written
     twin, 2 threads: the generated one)."""
-    from converters.port import port_weights
-    from zoo.weights import randomize
-
-    spec = zoo.get("resnet50")
-    tm = spec.build_torch(0)
-    randomize(tm, "torch", 0)
-    km = spec.build_keras(1)
-    port_weights(tm, km, list(spec.inputs_for("torch", spec.example_inputs(2, 0)).values()),
-                 target_inputs=list(spec.inputs_for("tf", spec.example_inputs(2, 0)).values()), lossless=True,
-                 exporter=spec.torch_exporter)
+    spec, tm, km = _ported_pair("resnet50")
     report = train_parity(spec, tm, km, steps=3, optimizers=["adam"])
     assert report.runs["adam"].passed
     assert any("element by element: bn1.beta[1, 2, 4, 6] (4 of 8)" in a for a in report.alignments)

@@ -41,20 +41,6 @@ class Core:
     name: str  # the layer's name in the twin
 
 
-def torch_scope(node: Any) -> str:
-    """The torch module a node of a dynamo export was computed in ('' when not recorded)."""
-    import ast
-
-    for prop in node.metadata_props:
-        if prop.key == "pkg.torch.onnx.name_scopes":
-            try:
-                scopes = ast.literal_eval(prop.value)
-            except (ValueError, SyntaxError):
-                return ""
-            return str(scopes[-2]) if len(scopes) >= 2 else ""
-    return ""
-
-
 def _module(sources: frozenset[str]) -> str:
     """The torch module owning a projection's parameters (``...self.query.weight`` -> ``...self.query``)."""
     paths = sorted({s.rsplit(".", 1)[0] for s in sources if "." in s and not s.startswith(("onnx::", "val_"))})

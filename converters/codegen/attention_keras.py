@@ -11,11 +11,11 @@ from typing import Any
 import numpy as np
 
 from converters.codegen import layout as lay
-from converters.codegen.attention import attention_core, torch_scope
+from converters.codegen.attention import attention_core
 from converters.codegen.handlers import GROUP_HANDLERS, group
 from converters.codegen.keras_patterns import gelu
 from converters.codegen.lower import Lowering, group_input
-from converters.codegen.naming import torch_module
+from converters.codegen.naming import torch_module, torch_scope_of
 from converters.codegen.program import Op, Program
 from converters.codegen.text import literal
 from converters.errors import UnsupportedLayerError
@@ -161,7 +161,7 @@ def _embedding(low: Lowering, g: ParamGroup) -> None:
 def _gelu(low: Lowering, g: ParamGroup) -> None:
     var, p = low.vars[group_input(low.graph, g)]
     first = next((n for n in low.graph.nodes if node_name(n) == g.nodes[0]), None)
-    name = (torch_scope(first) if first is not None else "") or "gelu"
+    name = (torch_scope_of(first) if first is not None else "") or "gelu"
     low.vars[g.output] = (low.emit("gelu", [var], {"approximate": g.attrs["approximate"]}, name), p)
 
 

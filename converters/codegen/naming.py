@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import keyword
 import re
+from typing import Any
 
 _CALL_SUFFIX = re.compile(r"_\d+$")  # tf2onnx scopes a Keras layer's ops "<layer>_1/...", numbered per call
 _OP_SCOPES = {"convolution", "batchnorm", "MatMul", "BiasAdd", "Cast", "ReadVariableOp", "Tensordot", "Reshape",
@@ -27,6 +29,28 @@ def torch_module(name: str) -> str:
     if "." in name and not name.startswith("onnx::"):
         return name.rsplit(".", 1)[0]
     return ""
+
+
+def _legacy_scope(name: str) -> str:
+    """'/layer1/layer1.0/conv1/Conv' -> 'layer1.0.conv1' (torch legacy exporter node names)."""
+    parts = [p for p in name.split("/")[1:-1] if p]
+    path = ""
+    for part in parts:
+        path = part if not path or part.startswith(path + ".") else f"{path}.{part}"
+    return path
+
+
+def torch_scope_of(node: Any) -> str:
+    """The torch module path a node of a torch export belongs to ('' for the root or unknown):
+    the dynamo exporter's recorded name scopes, else the legacy exporter's node name."""
+    for prop in node.metadata_props:
+        if prop.key == "pkg.torch.onnx.name_scopes":
+            try:
+                scopes = ast.literal_eval(prop.value)
+            except (ValueError, SyntaxError):
+                return ""
+            return str(scopes[-2]) if len(scopes) >= 2 else ""
+    return _legacy_scope(node.name) if node.name.startswith("/") else ""
 
 
 def node_label(name: str, source: str) -> str:

@@ -169,12 +169,5 @@ def squeeze_unit_axes(graph: Graph) -> Graph:
             for k, i in enumerate(new.input):
                 new.input[k] = resolve(i)
         nodes.append(new)
-    out = dataclasses.replace(graph, nodes=nodes, consts=consts, provenance=provenance, shapes=shapes,
-                              producers={}, consumers={})
-    for n in nodes:
-        for o in n.output:
-            out.producers[o] = n
-        for i in n.input:
-            if i:
-                out.consumers.setdefault(i, []).append(n)
-    return out
+    return dataclasses.replace(graph, nodes=nodes, consts=consts, provenance=provenance, shapes=shapes,
+                               producers={}, consumers={}).index()

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from converters.codegen.naming import torch_scope_of
 from converters.report import LayerPort
 from parity.errors import UsageError
 
@@ -35,29 +36,6 @@ class OrtTensor:
 
 def _node_label(node: Any) -> str:
     return node.name or f"{node.op_type}({node.output[0]})"
-
-
-def _legacy_scope(name: str) -> str:
-    """'/layer1/layer1.0/conv1/Conv' -> 'layer1.0.conv1' (torch legacy exporter node names)."""
-    parts = [p for p in name.split("/")[1:-1] if p]
-    path = ""
-    for part in parts:
-        path = part if not path or part.startswith(path + ".") else f"{path}.{part}"
-    return path
-
-
-def torch_scope_of(node: Any) -> str:
-    """The torch module path a node of a torch export belongs to ('' for the root)."""
-    for prop in node.metadata_props:
-        if prop.key == "pkg.torch.onnx.name_scopes":
-            import ast
-
-            try:
-                scopes = ast.literal_eval(prop.value)
-            except (ValueError, SyntaxError):
-                return ""
-            return str(scopes[-2]) if len(scopes) >= 2 else ""
-    return _legacy_scope(node.name) if node.name.startswith("/") else ""
 
 
 def _producers(model: Any) -> dict[str, Any]:

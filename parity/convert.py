@@ -259,6 +259,21 @@ class OnnxConvertResult:
         return all(self.comparisons)
 
 
+def _copy_onnx(path: str | Path, dest: Path) -> None:
+    """Check the user's file (errors name it) and copy it; one with external data (read only from its
+    own folder) is written as one file, its tensors inline."""
+    import onnx
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    from converters.graph import load_onnx
+
+    model = load_onnx(path)
+    if any(uses_external_data(t) for t in _get_all_tensors(onnx.load(str(path), load_external_data=False))):
+        onnx.save_model(model, str(dest))
+    else:
+        shutil.copyfile(path, dest)
+
+
 def convert_onnx(path: str | Path, target: str, out: str | Path, *, spatial_inputs: set[str] | None = None,
                  batch: int = 2, seed: int = 0, overwrite: bool = False,
                  progress: Callable[[str], None] | None = None) -> OnnxConvertResult:
@@ -279,7 +294,7 @@ def convert_onnx(path: str | Path, target: str, out: str | Path, *, spatial_inpu
     import torch  # noqa: F401  (torch before TensorFlow in one process)
 
     with staged_folder(out, overwrite) as stage:
-        shutil.copyfile(path, stage / "source.onnx")
+        _copy_onnx(path, stage / "source.onnx")
         say(f"generating the {'Keras' if target == 'tf' else 'PyTorch'} twin of {Path(path).name}")
         generated = generate(stage / "source.onnx", target, model=Path(path).stem, spatial_inputs=spatial_inputs,
                              origin=Path(path).name)

@@ -330,3 +330,24 @@ def test_generated_cnn_twins_have_no_interior_transposes(name: str, tmp_path: Pa
     assert mine <= min(theirs, 2), (mine, theirs)
     torch_code = generate(tmp_path / "hand.onnx", "torch", model=name).code
     assert not any(word in torch_code for word in ("permute", "transpose", ".mT"))
+
+
+def test_convert_onnx_names_the_users_file_and_reads_its_external_data(onnx_files: dict, tmp_path: Path) -> None:
+    import onnx
+
+    from converters.errors import ConversionError
+    from parity.convert import convert_onnx
+
+    with pytest.raises(ConversionError, match=f"ONNX file not found: {tmp_path / 'nope.onnx'}"):
+        convert_onnx(tmp_path / "nope.onnx", "torch", tmp_path / "out")
+    (tmp_path / "bad.onnx").write_bytes(b"not a model")
+    with pytest.raises(ConversionError, match=f"{tmp_path / 'bad.onnx'} is not a readable ONNX model"):
+        convert_onnx(tmp_path / "bad.onnx", "torch", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    folder = tmp_path / "split"
+    folder.mkdir()
+    onnx.save_model(onnx.load(str(onnx_files["cnn", "torch"])), str(folder / "cnn.onnx"), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="cnn.data", size_threshold=0)
+    result = convert_onnx(folder / "cnn.onnx", "torch", tmp_path / "out")
+    assert result.passed  # the weights came along: the twin matches ONNX Runtime on the file
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.name.startswith("source")) == ["source.onnx"]
